@@ -1,0 +1,8 @@
+"""The asyncio driver: sockets, timers and futures around the sans-IO core."""
+
+from leveret.aio._connect import connect
+from leveret.aio._connection import Connection, QueueInfo
+from leveret.aio._consumer import Consumer
+from leveret.aio._message import Message
+
+__all__ = ["Connection", "Consumer", "Message", "QueueInfo", "connect"]

@@ -1,0 +1,116 @@
+"""connect(): from URLs and options to an open `Connection`."""
+
+from __future__ import annotations
+
+import ssl as ssl_module
+from collections.abc import Generator, Sequence
+from types import TracebackType
+from typing import Any
+
+from leveret._url import ConnectionParameters, parse_url
+from leveret.aio._connection import Connection
+from leveret.exceptions import ConnectFailed
+
+__all__ = ["connect"]
+
+DEFAULT_URL = "amqp://guest:guest@localhost:5672/"
+
+
+def _parameters(
+    url: str | ConnectionParameters,
+    *,
+    heartbeat: int | None,
+    connection_timeout: float | None,
+    ssl: ssl_module.SSLContext | bool | None,
+    name: str | None,
+) -> ConnectionParameters:
+    params = url if isinstance(url, ConnectionParameters) else parse_url(url)
+    changes: dict[str, Any] = {}
+    if heartbeat is not None:
+        if not isinstance(heartbeat, int) or not 0 <= heartbeat <= 65535:
+            raise ValueError(f"heartbeat must be an int from 0 to 65535 seconds, got {heartbeat!r}")
+        changes["heartbeat"] = heartbeat
+    if connection_timeout is not None:
+        if connection_timeout <= 0:
+            raise ValueError(f"connection_timeout must be positive, got {connection_timeout!r}")
+        changes["connection_timeout"] = float(connection_timeout)
+    if isinstance(ssl, ssl_module.SSLContext):
+        changes["use_tls"] = True
+        changes["ssl_context"] = ssl
+    elif ssl is True:
+        changes["use_tls"] = True
+    elif ssl is False:
+        changes["use_tls"] = False
+    if name is not None:
+        changes["connection_name"] = name
+    return params.with_options(**changes) if changes else params
+
+
+class _Connecting:
+    """What `connect()` returns: `await` it, or use it with `async with`."""
+
+    def __init__(self, candidates: list[ConnectionParameters], close_timeout: float) -> None:
+        self._candidates = candidates
+        self._close_timeout = close_timeout
+        self._connection: Connection | None = None
+
+    async def _connect(self) -> Connection:
+        errors: list[str] = []
+        last: BaseException | None = None
+        for params in self._candidates:
+            connection = Connection(params, close_timeout=self._close_timeout)
+            try:
+                await connection._open()
+            except ConnectFailed as exc:
+                if type(exc) is not ConnectFailed:
+                    raise  # e.g. AuthenticationFailed: trying other hosts will not help
+                errors.append(str(exc))
+                last = exc
+                continue
+            return connection
+        if len(self._candidates) == 1 and last is not None:
+            raise last
+        raise ConnectFailed("could not connect to any broker: " + "; ".join(errors)) from last
+
+    def __await__(self) -> Generator[Any, None, Connection]:
+        return self._connect().__await__()
+
+    async def __aenter__(self) -> Connection:
+        self._connection = await self._connect()
+        return self._connection
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._connection is not None:
+            await self._connection.close()
+
+
+def connect(
+    url: str | ConnectionParameters | Sequence[str | ConnectionParameters] = DEFAULT_URL,
+    *,
+    heartbeat: int | None = None,
+    connection_timeout: float | None = None,
+    ssl: ssl_module.SSLContext | bool | None = None,
+    name: str | None = None,
+    close_timeout: float = 5.0,
+) -> _Connecting:
+    """Connect to RabbitMQ: `async with leveret.connect(url) as conn:` or `conn = await connect(url)`.
+
+    `url` may be a list of URLs, tried in order. Keyword arguments override
+    what the URL says. Everything is validated before any socket opens.
+    """
+    urls: Sequence[str | ConnectionParameters]
+    urls = [url] if isinstance(url, (str, ConnectionParameters)) else list(url)
+    if not urls:
+        raise ValueError("connect() needs at least one URL")
+    candidates = [
+        _parameters(
+            u, heartbeat=heartbeat, connection_timeout=connection_timeout, ssl=ssl, name=name
+        )
+        for u in urls
+    ]
+    return _Connecting(candidates, close_timeout)

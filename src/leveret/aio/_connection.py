@@ -1,0 +1,929 @@
+"""Connection: the asyncio driver around the sans-IO core, and the public API.
+
+Theory of operation. An `asyncio.Protocol` feeds socket bytes to
+`AMQPConnection.receive_data()` and dispatches the events to futures. Output
+is written once per event-loop iteration (`_schedule_flush`), so a burst of
+publishes from many tasks becomes one `writelines` call. A timer drives
+heartbeats through `handle_timer()`.
+
+Channels are hidden. Synchronous operations borrow a channel from a pool,
+one operation per channel at a time, so a broker error fails that call alone;
+the broken channel is dropped and the next call opens a fresh one. Publishes
+use one confirm-mode channel per exchange. Each consumer has its own channel.
+
+Errors surface where the caller awaits: a broker channel error raises on the
+call that caused it, and a lost connection raises on every pending and later
+call. Nothing is swallowed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Literal
+
+from pamqp import commands
+from pamqp.base import Frame as PamqpMethod
+
+from leveret._properties import Properties
+from leveret._url import ConnectionParameters
+from leveret.aio._channel import ChannelHandle
+from leveret.aio._consumer import Consumer
+from leveret.aio._message import Message
+from leveret.exceptions import (
+    AuthenticationFailed,
+    ChannelClosed,
+    ConnectFailed,
+    ConnectionClosedByClient,
+    ConnectionLost,
+    HeartbeatTimeout,
+    LeveretError,
+    ProtocolError,
+    channel_error,
+    connection_error,
+)
+from leveret.protocol import (
+    AMQPConnection,
+    ChannelFlowChanged,
+    ChannelOpened,
+    ConnectionBlocked,
+    ConnectionOpened,
+    ConnectionUnblocked,
+    ConsumerCancelled,
+    Credentials,
+    Delivery,
+    Event,
+    HeartbeatTimedOut,
+    MethodReceived,
+    PublishConfirmed,
+    Returned,
+)
+from leveret.protocol import ChannelClosed as CoreChannelClosed
+from leveret.protocol import (
+    ConnectionClosed as CoreConnectionClosed,
+)
+from leveret.protocol._codec import (
+    EMPTY_PROPERTIES_BYTES,
+    PERSISTENT_PROPERTIES_BYTES,
+    encode_properties,
+    encode_shortstr,
+    encode_table,
+)
+
+__all__ = ["Connection", "ExchangeType", "QueueInfo"]
+
+log = logging.getLogger("leveret")
+
+ExchangeType = Literal["direct", "fanout", "topic", "headers"] | str
+_POOL_LIMIT = 32  # idle synchronous-operation channels kept open
+_NAME_CACHE_LIMIT = 4096
+_consumer_numbers = itertools.count(1)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueInfo:
+    """The broker's answer to queue.declare."""
+
+    name: str
+    message_count: int
+    consumer_count: int
+
+
+class _Protocol(asyncio.Protocol):
+    """Moves bytes between the socket and the Connection; nothing else."""
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._connection._transport_ready(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._connection._data_received(data)
+
+    def eof_received(self) -> bool:
+        return False  # close the transport; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._connection._transport_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._connection._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._connection._resume_writing()
+
+
+class Connection:
+    """An open AMQP connection. Get one with `leveret.connect(...)`."""
+
+    def __init__(self, params: ConnectionParameters, *, close_timeout: float = 5.0) -> None:
+        self.params = params
+        self.close_timeout = close_timeout
+        self._loop = asyncio.get_running_loop()
+        self._core = AMQPConnection(
+            credentials=Credentials(params.username, params.password, params.auth_mechanism),
+            virtual_host=params.virtual_host,
+            heartbeat=params.heartbeat,
+            frame_max=params.frame_max,
+            channel_max=params.channel_max,
+            connection_name=params.connection_name,
+        )
+        self._transport: asyncio.Transport | None = None
+        self._opened: asyncio.Future[None] = self._loop.create_future()
+        self._closed: asyncio.Future[None] = self._loop.create_future()
+        self._error: BaseException | None = None
+        self._closing = False
+        self._flush_scheduled = False
+        self._write_paused = False
+        self._write_waiters: list[asyncio.Future[None]] = []
+        self._unblocked: asyncio.Event = asyncio.Event()
+        self._unblocked.set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._channels: dict[int, ChannelHandle] = {}
+        self._idle_pool: list[ChannelHandle] = []
+        self._publish_channels: dict[str, ChannelHandle] = {}
+        self._publish_channel_opening: dict[str, asyncio.Task[ChannelHandle]] = {}
+        self._get_channel: ChannelHandle | None = None
+        self._consumers: dict[tuple[int, str], Consumer] = {}
+        self._name_cache: dict[str, bytes] = {}
+        self._flush = self._schedule_flush
+
+    # -- opening -----------------------------------------------------------------------
+
+    async def _open(self) -> None:
+        params = self.params
+        try:
+            async with asyncio.timeout(params.connection_timeout):
+                await self._loop.create_connection(
+                    lambda: _Protocol(self),
+                    params.host,
+                    params.port,
+                    ssl=params.make_ssl_context(),
+                    server_hostname=(params.server_hostname or params.host)
+                    if params.use_tls
+                    else None,
+                )
+                await asyncio.shield(self._opened)
+        except TimeoutError:
+            self._abort(ConnectFailed(f"timed out after {params.connection_timeout}s"))
+            raise ConnectFailed(
+                f"could not connect to {params.display()}: no AMQP handshake within "
+                f"{params.connection_timeout}s"
+            ) from None
+        except OSError as exc:
+            self._abort(ConnectFailed(str(exc)))
+            raise ConnectFailed(f"could not connect to {params.display()}: {exc}") from exc
+        except LeveretError:
+            self._abort(ConnectionClosedByClient("handshake failed"))
+            raise
+
+    def _transport_ready(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        self._core.initiate()
+        self._flush_now()
+
+    # -- I/O ----------------------------------------------------------------------------------
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush_now)
+
+    def _flush_now(self) -> None:
+        self._flush_scheduled = False
+        transport = self._transport
+        if transport is None:
+            return
+        out = self._core.take_output()
+        if out and not transport.is_closing():
+            transport.writelines(out)
+
+    def _resume_writing(self) -> None:
+        self._write_paused = False
+        waiters, self._write_waiters = self._write_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _wait_writable(self) -> None:
+        waiter = self._loop.create_future()
+        self._write_waiters.append(waiter)
+        await waiter
+
+    def _data_received(self, data: bytes) -> None:
+        try:
+            events = self._core.receive_data(data)
+        except ProtocolError as exc:
+            log.error("leveret: protocol error from %s: %s", self.params.display(), exc)
+            self._flush_now()
+            self._abort(exc)
+            return
+        consumers = self._consumers
+        channels = self._channels
+        for event in events:
+            kind = type(event)
+            if kind is Delivery:
+                assert isinstance(event, Delivery)
+                channel = channels[event.channel_id]
+                if event.consumer_tag is None:
+                    self._resolve_waiter(channel, event)
+                    continue
+                consumer = consumers.get((event.channel_id, event.consumer_tag))
+                if consumer is not None:
+                    consumer.deliver(
+                        event,
+                        Message(event, channel, self._core, self._flush, consumer.no_ack),
+                    )
+            elif kind is PublishConfirmed:
+                assert isinstance(event, PublishConfirmed)
+                channels[event.channel_id].settle(event.delivery_tag, event.multiple, event.ack)
+            else:
+                self._on_event(event)
+        if self._core.has_output:
+            self._flush_now()
+
+    def _on_event(self, event: Event) -> None:
+        if isinstance(event, MethodReceived):
+            channel = self._channels.get(event.channel_id)
+            if channel is not None:
+                self._resolve_waiter(channel, event.method)
+            elif event.channel_id == 0:
+                pass  # update-secret-ok: update_secret() does not wait for it
+        elif isinstance(event, ChannelOpened):
+            channel = self._channels[event.channel_id]
+            if not channel.opened.done():
+                channel.opened.set_result(None)
+        elif isinstance(event, CoreChannelClosed):
+            self._on_channel_closed(event)
+        elif isinstance(event, Returned):
+            channel = self._channels.get(event.channel_id)
+            if channel is not None:
+                channel.returns.append(event)
+        elif isinstance(event, ConsumerCancelled):
+            consumer = self._consumers.pop((event.channel_id, event.consumer_tag), None)
+            if consumer is not None:
+                log.warning(
+                    "leveret: the broker cancelled consumer %s on queue %r",
+                    event.consumer_tag,
+                    consumer.queue,
+                )
+                # The channel stays open so buffered messages can still be acked;
+                # leaving the consumer's `async with` closes it.
+                consumer.cancelled_by_server()
+        elif isinstance(event, ConnectionOpened):
+            log.debug("leveret: connected to %s", self.params.display())
+            if not self._opened.done():
+                self._opened.set_result(None)
+            self._arm_timer()
+        elif isinstance(event, CoreConnectionClosed):
+            self._on_connection_closed(event)
+        elif isinstance(event, HeartbeatTimedOut):
+            self._abort(
+                HeartbeatTimeout(
+                    f"no data from {self.params.display()} for {event.silent_for:.1f}s "
+                    f"(heartbeat {self._core.heartbeat}s)"
+                )
+            )
+        elif isinstance(event, ConnectionBlocked):
+            log.warning("leveret: broker blocked publishing: %s", event.reason)
+            self._unblocked.clear()
+        elif isinstance(event, ConnectionUnblocked):
+            log.info("leveret: broker unblocked publishing")
+            self._unblocked.set()
+        elif isinstance(event, ChannelFlowChanged):
+            log.warning(
+                "leveret: channel.flow active=%s on channel %d", event.active, event.channel_id
+            )
+
+    @staticmethod
+    def _resolve_waiter(channel: ChannelHandle, value: Any) -> None:
+        if channel.waiters:
+            future = channel.waiters.popleft()
+            if not future.done():
+                future.set_result(value)
+
+    def _on_channel_closed(self, event: CoreChannelClosed) -> None:
+        channel = self._channels.pop(event.channel_id, None)
+        if channel is None:
+            return
+        if event.by_server:
+            exc: BaseException = channel_error(
+                event.reply_code, event.reply_text, event.class_id, event.method_id
+            )
+            log.debug("leveret: broker closed channel %d: %s", event.channel_id, exc)
+        else:
+            exc = ChannelClosed("the channel was closed by the client")
+        self._forget_channel(channel)
+        channel.fail(exc)
+
+    def _forget_channel(self, channel: ChannelHandle) -> None:
+        if channel in self._idle_pool:
+            self._idle_pool.remove(channel)
+        for exchange, publisher in list(self._publish_channels.items()):
+            if publisher is channel:
+                del self._publish_channels[exchange]
+        consumer = channel.consumer
+        if consumer is not None:
+            self._consumers.pop((channel.id, consumer.consumer_tag), None)
+
+    def _on_connection_closed(self, event: CoreConnectionClosed) -> None:
+        if not event.by_server:
+            self._abort(ConnectionClosedByClient("the connection was closed by the client"))
+            return
+        exc: BaseException
+        if event.during_handshake and event.reply_code == 403:
+            exc = AuthenticationFailed(
+                f"{self.params.display()} refused the credentials for user "
+                f"{self.params.username!r}: {event.reply_text}"
+            )
+        else:
+            exc = connection_error(
+                event.reply_code, event.reply_text, event.class_id, event.method_id
+            )
+        log.warning("leveret: broker closed the connection: %s", exc)
+        self._flush_now()  # the close-ok
+        self._abort(exc)
+
+    def _transport_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        if self._error is None:
+            reason = f": {exc}" if exc else ""
+            self._abort(ConnectionLost(f"connection to {self.params.display()} lost{reason}"))
+
+    def _abort(self, exc: BaseException) -> None:
+        """End the connection with `exc`: fail every waiter, close the socket."""
+        if self._error is None:
+            self._error = exc
+        exc = self._error
+        self._core.connection_lost()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        transport = self._transport
+        if transport is not None:
+            self._transport = None
+            if isinstance(exc, ProtocolError | HeartbeatTimeout) or transport.is_closing():
+                transport.abort()
+            else:
+                transport.close()
+        for future in (self._opened,):
+            if not future.done():
+                future.set_exception(exc)
+                future.exception()
+        channels, self._channels = self._channels, {}
+        self._idle_pool.clear()
+        self._publish_channels.clear()
+        self._consumers.clear()
+        for channel in channels.values():
+            channel.fail(exc)
+        self._unblocked.set()
+        self._resume_writing()
+        if not self._closed.done():
+            self._closed.set_result(None)
+
+    # -- heartbeats ------------------------------------------------------------------------
+
+    def _arm_timer(self) -> None:
+        deadline = self._core.next_deadline()
+        if deadline is None:
+            return
+        when = max(deadline, self._loop.time())
+        self._timer = self._loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._error is not None:
+            return
+        for event in self._core.handle_timer(self._loop.time()):
+            self._on_event(event)
+        if self._error is None:
+            self._flush_now()
+            self._arm_timer()
+
+    # -- state -------------------------------------------------------------------------------
+
+    @property
+    def is_closed(self) -> bool:
+        return self._error is not None
+
+    @property
+    def is_blocked(self) -> bool:
+        """True while the broker has blocked publishing (a memory or disk alarm)."""
+        return not self._unblocked.is_set()
+
+    @property
+    def server_properties(self) -> dict[str, Any]:
+        return self._core.server_properties
+
+    @property
+    def heartbeat(self) -> int:
+        """The negotiated heartbeat interval in seconds (0: disabled)."""
+        return self._core.heartbeat
+
+    @property
+    def frame_max(self) -> int:
+        return self._core.frame_max
+
+    def _check_usable(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._closing:
+            raise ConnectionClosedByClient("the connection is closing")
+
+    async def wait_closed(self) -> BaseException | None:
+        """Wait until the connection ends; returns why (None after a clean user close)."""
+        await asyncio.shield(self._closed)
+        return None if isinstance(self._error, ConnectionClosedByClient) else self._error
+
+    # -- channels --------------------------------------------------------------------------------
+
+    async def _open_channel(self) -> ChannelHandle:
+        self._check_usable()
+        channel_id = self._core.open_channel()
+        channel = ChannelHandle(channel_id, self._loop.create_future())
+        self._channels[channel_id] = channel
+        self._schedule_flush()
+        await channel.opened
+        return channel
+
+    async def _channel_call(self, channel: ChannelHandle, method: PamqpMethod) -> Any:
+        if channel.closed is not None:
+            raise channel.closed
+        self._check_usable()
+        future: asyncio.Future[Any] = self._loop.create_future()
+        channel.waiters.append(future)
+        self._core.call(channel.id, method)
+        self._schedule_flush()
+        return await future
+
+    async def _rpc(self, method: PamqpMethod) -> Any:
+        """One synchronous method on a pool channel; its error fails this call only."""
+        self._check_usable()
+        pool = self._idle_pool
+        channel = pool.pop() if pool else await self._open_channel()
+        future: asyncio.Future[Any] = self._loop.create_future()
+        channel.waiters.append(future)
+        self._core.call(channel.id, method)
+        self._schedule_flush()
+        try:
+            return await asyncio.shield(future)
+        finally:
+            if future.done():
+                self._return_to_pool(channel)
+            else:
+                # Cancelled while the broker works on it: the channel rejoins the
+                # pool once its reply has arrived, so replies never get mixed up.
+                future.add_done_callback(lambda f: self._late_reply(f, channel))
+
+    def _late_reply(self, future: asyncio.Future[Any], channel: ChannelHandle) -> None:
+        if not future.cancelled():
+            future.exception()  # nobody awaits it any more: mark it retrieved
+        self._return_to_pool(channel)
+
+    def _return_to_pool(self, channel: ChannelHandle) -> None:
+        if channel.closed is not None or channel.waiters:
+            return
+        if len(self._idle_pool) < _POOL_LIMIT:
+            self._idle_pool.append(channel)
+        else:
+            self._core.close_channel(channel.id)
+            self._schedule_flush()
+
+    async def _close_channel(self, channel: ChannelHandle) -> None:
+        """Close a channel and wait (bounded) for its close-ok, so its consumer has really stopped."""
+        if channel.closed is not None or self._error is not None:
+            return
+        self._core.close_channel(channel.id)
+        self._schedule_flush()
+        try:
+            await asyncio.wait_for(asyncio.shield(channel.gone), self.close_timeout)
+        except TimeoutError:
+            log.warning("leveret: no channel.close-ok within %ss", self.close_timeout)
+
+    # -- topology ---------------------------------------------------------------------------------
+
+    async def declare_queue(
+        self,
+        name: str = "",
+        *,
+        durable: bool = False,
+        exclusive: bool = False,
+        auto_delete: bool = False,
+        passive: bool = False,
+        arguments: dict[str, Any] | None = None,
+    ) -> QueueInfo:
+        """Declare a queue (server-named when `name` is ""); `passive` only checks it exists."""
+        _check_name(name, "queue name")
+        _check_table(arguments, "arguments")
+        reply = await self._rpc(
+            commands.Queue.Declare(
+                queue=name,
+                passive=passive,
+                durable=durable,
+                exclusive=exclusive,
+                auto_delete=auto_delete,
+                arguments=arguments,
+            )
+        )
+        return QueueInfo(reply.queue, reply.message_count, reply.consumer_count)
+
+    async def delete_queue(
+        self, name: str, *, if_unused: bool = False, if_empty: bool = False
+    ) -> int:
+        """Delete a queue; returns how many messages it held."""
+        _check_name(name, "queue name")
+        reply = await self._rpc(
+            commands.Queue.Delete(queue=name, if_unused=if_unused, if_empty=if_empty)
+        )
+        return int(reply.message_count)
+
+    async def purge_queue(self, name: str) -> int:
+        """Remove every ready message from a queue; returns how many."""
+        _check_name(name, "queue name")
+        reply = await self._rpc(commands.Queue.Purge(queue=name))
+        return int(reply.message_count)
+
+    async def bind_queue(
+        self,
+        queue: str,
+        exchange: str,
+        routing_key: str = "",
+        arguments: dict[str, Any] | None = None,
+    ) -> None:
+        _check_name(queue, "queue name")
+        _check_name(exchange, "exchange name")
+        _check_name(routing_key, "routing key")
+        _check_table(arguments, "arguments")
+        await self._rpc(
+            commands.Queue.Bind(
+                queue=queue, exchange=exchange, routing_key=routing_key, arguments=arguments
+            )
+        )
+
+    async def unbind_queue(
+        self,
+        queue: str,
+        exchange: str,
+        routing_key: str = "",
+        arguments: dict[str, Any] | None = None,
+    ) -> None:
+        _check_name(queue, "queue name")
+        _check_name(exchange, "exchange name")
+        _check_name(routing_key, "routing key")
+        _check_table(arguments, "arguments")
+        await self._rpc(
+            commands.Queue.Unbind(
+                queue=queue, exchange=exchange, routing_key=routing_key, arguments=arguments
+            )
+        )
+
+    async def declare_exchange(
+        self,
+        name: str,
+        type: ExchangeType = "direct",
+        *,
+        durable: bool = False,
+        auto_delete: bool = False,
+        internal: bool = False,
+        passive: bool = False,
+        arguments: dict[str, Any] | None = None,
+    ) -> None:
+        """Declare an exchange of `type` (direct, fanout, topic, headers or a plugin's)."""
+        _check_name(name, "exchange name")
+        _check_name(type, "exchange type")
+        _check_table(arguments, "arguments")
+        await self._rpc(
+            commands.Exchange.Declare(
+                exchange=name,
+                exchange_type=type,
+                passive=passive,
+                durable=durable,
+                auto_delete=auto_delete,
+                internal=internal,
+                arguments=arguments,
+            )
+        )
+
+    async def delete_exchange(self, name: str, *, if_unused: bool = False) -> None:
+        _check_name(name, "exchange name")
+        await self._rpc(commands.Exchange.Delete(exchange=name, if_unused=if_unused))
+
+    async def bind_exchange(
+        self,
+        destination: str,
+        source: str,
+        routing_key: str = "",
+        arguments: dict[str, Any] | None = None,
+    ) -> None:
+        """Route messages from exchange `source` to exchange `destination` (a RabbitMQ extension)."""
+        _check_name(destination, "exchange name")
+        _check_name(source, "exchange name")
+        _check_name(routing_key, "routing key")
+        _check_table(arguments, "arguments")
+        await self._rpc(
+            commands.Exchange.Bind(
+                destination=destination, source=source, routing_key=routing_key, arguments=arguments
+            )
+        )
+
+    async def unbind_exchange(
+        self,
+        destination: str,
+        source: str,
+        routing_key: str = "",
+        arguments: dict[str, Any] | None = None,
+    ) -> None:
+        _check_name(destination, "exchange name")
+        _check_name(source, "exchange name")
+        _check_name(routing_key, "routing key")
+        _check_table(arguments, "arguments")
+        await self._rpc(
+            commands.Exchange.Unbind(
+                destination=destination, source=source, routing_key=routing_key, arguments=arguments
+            )
+        )
+
+    # -- publishing ---------------------------------------------------------------------------------
+
+    def _encoded_name(self, value: str, what: str) -> bytes:
+        cache = self._name_cache
+        encoded = cache.get(value)
+        if encoded is None:
+            encoded = encode_shortstr(value, what)
+            if len(cache) >= _NAME_CACHE_LIMIT:
+                cache.clear()
+            cache[value] = encoded
+        return encoded
+
+    async def publish(
+        self,
+        body: bytes | bytearray | memoryview,
+        routing_key: str = "",
+        exchange: str = "",
+        *,
+        properties: Properties | None = None,
+        persistent: bool = False,
+        mandatory: bool = False,
+        timeout: float | None = None,
+    ) -> None:
+        """Publish and wait for the broker's confirm.
+
+        Raises PublishNacked when the broker refuses the message,
+        MessageReturned when `mandatory` and no queue took it, the channel
+        error (e.g. NotFound for a missing exchange) or the connection error.
+        `timeout` bounds the whole wait (TimeoutError); the message may still
+        have been delivered when it fires.
+        """
+        if type(body) is not bytes:
+            if not isinstance(body, (bytearray, memoryview)):
+                raise TypeError(
+                    f"body must be bytes, bytearray or memoryview, got {type(body).__name__}: "
+                    f"{body!r:.80}"
+                )
+            body = bytes(body)
+        exchange_bytes = self._encoded_name(exchange, "exchange name")
+        routing_key_bytes = self._encoded_name(routing_key, "routing key")
+        if properties is None:
+            properties_bytes = PERSISTENT_PROPERTIES_BYTES if persistent else EMPTY_PROPERTIES_BYTES
+        elif isinstance(properties, Properties):
+            properties_bytes = encode_properties(properties, persistent)
+        else:
+            raise TypeError(
+                f"properties must be leveret.Properties, got {type(properties).__name__}"
+            )
+        if timeout is None:
+            await self._publish(
+                exchange,
+                exchange_bytes,
+                routing_key,
+                routing_key_bytes,
+                body,
+                properties_bytes,
+                mandatory,
+            )
+        else:
+            async with asyncio.timeout(timeout):
+                await self._publish(
+                    exchange,
+                    exchange_bytes,
+                    routing_key,
+                    routing_key_bytes,
+                    body,
+                    properties_bytes,
+                    mandatory,
+                )
+
+    async def _publish(
+        self,
+        exchange: str,
+        exchange_bytes: bytes,
+        routing_key: str,
+        routing_key_bytes: bytes,
+        body: bytes,
+        properties_bytes: bytes,
+        mandatory: bool,
+    ) -> None:
+        if self._error is not None or self._closing:
+            self._check_usable()
+        channel = self._publish_channels.get(exchange)
+        if channel is None:
+            channel = await self._publish_channel(exchange)
+        if self._write_paused:
+            await self._wait_writable()
+        if not self._unblocked.is_set():
+            await self._unblocked.wait()
+            self._check_usable()
+        if channel.closed is not None:
+            raise channel.closed
+        seq = self._core.publish(
+            channel.id, exchange_bytes, routing_key_bytes, body, properties_bytes, mandatory
+        )
+        future: asyncio.Future[None] = self._loop.create_future()
+        channel.confirms[seq] = future
+        channel.confirm_high = seq
+        if mandatory:
+            channel.mandatory[seq] = (exchange, routing_key)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush_now)
+        await future
+
+    async def _publish_channel(self, exchange: str) -> ChannelHandle:
+        task = self._publish_channel_opening.get(exchange)
+        if task is None:
+            task = asyncio.ensure_future(self._open_publish_channel(exchange))
+            self._publish_channel_opening[exchange] = task
+            task.add_done_callback(lambda _t: self._publish_channel_opening.pop(exchange, None))
+        return await asyncio.shield(task)
+
+    async def _open_publish_channel(self, exchange: str) -> ChannelHandle:
+        channel = await self._open_channel()
+        await self._channel_call(channel, commands.Confirm.Select())
+        self._publish_channels[exchange] = channel
+        return channel
+
+    # -- consuming ------------------------------------------------------------------------------------
+
+    def consume(
+        self,
+        queue: str,
+        *,
+        prefetch: int = 100,
+        no_ack: bool = False,
+        exclusive: bool = False,
+        arguments: dict[str, Any] | None = None,
+        consumer_tag: str | None = None,
+    ) -> Consumer:
+        """Consume `queue`: use as `async with conn.consume(q) as messages: async for m in messages`.
+
+        `prefetch` bounds unacked messages in flight (and so the buffer);
+        0 means unlimited, which the broker allows but leveret discourages.
+        """
+        _check_name(queue, "queue name")
+        if (
+            not isinstance(prefetch, int)
+            or isinstance(prefetch, bool)
+            or not 0 <= prefetch <= 65535
+        ):
+            raise ValueError(f"prefetch must be an int from 0 to 65535, got {prefetch!r}")
+        _check_table(arguments, "arguments")
+        if consumer_tag is None:
+            consumer_tag = f"leveret.{os.getpid()}.{next(_consumer_numbers)}"
+        else:
+            _check_name(consumer_tag, "consumer tag")
+        return Consumer(
+            self,
+            queue,
+            prefetch=prefetch,
+            no_ack=no_ack,
+            exclusive=exclusive,
+            arguments=arguments,
+            consumer_tag=consumer_tag,
+        )
+
+    async def _start_consumer(self, consumer: Consumer) -> None:
+        channel = await self._open_channel()
+        try:
+            if not consumer.no_ack:
+                await self._channel_call(
+                    channel, commands.Basic.Qos(prefetch_count=consumer.prefetch)
+                )
+            consumer._attach(channel)
+            self._consumers[(channel.id, consumer.consumer_tag)] = consumer
+            await self._channel_call(
+                channel,
+                commands.Basic.Consume(
+                    queue=consumer.queue,
+                    consumer_tag=consumer.consumer_tag,
+                    no_ack=consumer.no_ack,
+                    exclusive=consumer.exclusive,
+                    arguments=consumer.arguments,
+                ),
+            )
+        except BaseException:
+            self._consumers.pop((channel.id, consumer.consumer_tag), None)
+            if channel.closed is None and self._error is None:
+                self._core.close_channel(channel.id)
+                self._schedule_flush()
+            raise
+
+    async def get(self, queue: str, *, no_ack: bool = False) -> Message | None:
+        """basic.get: one message from `queue`, or None when it is empty.
+
+        Gets use a channel of their own, so that a failing declare elsewhere
+        cannot make a fetched but unacked message stale.
+        """
+        _check_name(queue, "queue name")
+        self._check_usable()
+        channel = self._get_channel
+        if channel is None or channel.closed is not None:
+            channel = self._get_channel = await self._open_channel()
+        try:
+            reply = await self._channel_call(
+                channel, commands.Basic.Get(queue=queue, no_ack=no_ack)
+            )
+        except asyncio.CancelledError:
+            # The reply may still come and would hold a message unacked: drop the channel.
+            self._get_channel = None
+            if channel.closed is None and self._error is None:
+                self._core.close_channel(channel.id)
+                self._schedule_flush()
+            raise
+        if isinstance(reply, Delivery):
+            return Message(reply, channel, self._core, self._flush, no_ack)
+        return None
+
+    # -- misc --------------------------------------------------------------------------------------------
+
+    def update_secret(self, new_secret: str, reason: str = "token refresh") -> None:
+        """Send a new password or OAuth 2 token for the open connection (connection.update-secret)."""
+        self._check_usable()
+        self._core.update_secret(new_secret, reason)
+        self._schedule_flush()
+
+    async def close(self) -> None:
+        """Close gracefully: wait (bounded) for pending confirms, then connection.close.
+
+        Idempotent. Bounded by `close_timeout`: if the broker does not answer
+        (e.g. it is blocked), the socket is aborted.
+        """
+        if self._error is not None or self._closing:
+            await asyncio.shield(self._closed)
+            return
+        self._closing = True
+        try:
+            async with asyncio.timeout(self.close_timeout):
+                pending = [
+                    f for ch in self._publish_channels.values() for f in ch.confirms.values()
+                ]
+                if pending:
+                    await asyncio.wait(pending)
+                self._core.close(200, "Normal shutdown")
+                self._flush_now()
+                await asyncio.shield(self._closed)
+        except TimeoutError:
+            log.warning("leveret: no close-ok within %ss; aborting the socket", self.close_timeout)
+        finally:
+            self._abort(ConnectionClosedByClient("the connection was closed by the client"))
+
+    async def __aenter__(self) -> Connection:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._error is not None else "open"
+        return f"<leveret.Connection {self.params.display()} {state}>"
+
+
+def _check_name(value: str, what: str) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a str, got {type(value).__name__}: {value!r}")
+    if len(value) > 85 and len(value.encode()) > 255:
+        raise ValueError(
+            f"{what} is {len(value.encode())} bytes encoded, over the AMQP limit of 255: {value!r:.300}"
+        )
+
+
+def _check_table(table: dict[str, Any] | None, what: str) -> None:
+    if table is not None:
+        encode_table(table, what)  # raises naming the bad key and value

@@ -1,0 +1,151 @@
+"""Consumer: `async with conn.consume(queue) as messages: async for msg in messages`."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from leveret.aio._message import Message
+from leveret.exceptions import ConsumerCancelled
+from leveret.protocol import Delivery
+
+if TYPE_CHECKING:
+    from leveret.aio._channel import ChannelHandle
+    from leveret.aio._connection import Connection
+
+__all__ = ["Consumer"]
+
+
+class Consumer:
+    """One basic.consume on its own channel, as an async iterator of `Message`.
+
+    The buffer never holds more than `prefetch` messages because the broker
+    sends no more than that unacknowledged. Leaving the `async with` block
+    closes the channel, so the broker requeues whatever was not acked.
+    If the broker cancels the consumer (its queue was deleted), iteration
+    yields what was already buffered, then raises `ConsumerCancelled`; if the
+    channel or connection dies, buffered messages are dropped (the broker
+    redelivers them) and iteration raises that error.
+    """
+
+    def __init__(
+        self,
+        connection: Connection,
+        queue: str,
+        *,
+        prefetch: int,
+        no_ack: bool,
+        exclusive: bool,
+        arguments: dict[str, Any] | None,
+        consumer_tag: str,
+    ) -> None:
+        self._connection = connection
+        self.queue = queue
+        self.prefetch = prefetch
+        self.no_ack = no_ack
+        self.exclusive = exclusive
+        self.arguments = arguments
+        self.consumer_tag = consumer_tag
+        self._channel: ChannelHandle | None = None
+        self._buffer: deque[Message] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._error: BaseException | None = None
+        self._closed = False
+        self._starting: asyncio.Task[None] | None = None
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the channel, set QoS and start consuming (idempotent)."""
+        if self._channel is not None or self._closed:
+            return
+        if self._starting is None:
+            self._starting = asyncio.ensure_future(self._connection._start_consumer(self))
+        await asyncio.shield(self._starting)
+
+    def _attach(self, channel: ChannelHandle) -> None:
+        self._channel = channel
+        channel.consumer = self
+
+    async def close(self) -> None:
+        """Stop consuming; unacked messages go back to the queue. Never raises for stale state."""
+        if self._closed:
+            return
+        self._closed = True
+        self._buffer.clear()
+        self._wake()
+        if self._starting is not None and not self._starting.done():
+            try:
+                await self._starting
+            except Exception:  # noqa: BLE001 - a failed start leaves nothing to close
+                return
+        channel = self._channel
+        if channel is not None:
+            await self._connection._close_channel(channel)
+
+    async def __aenter__(self) -> Consumer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- iteration ------------------------------------------------------------------
+
+    def __aiter__(self) -> Consumer:
+        return self
+
+    async def __anext__(self) -> Message:
+        buffer = self._buffer
+        if buffer:
+            return buffer.popleft()
+        if self._channel is None and not self._closed:
+            await self.start()
+        while True:
+            if buffer:
+                return buffer.popleft()
+            if self._closed:
+                raise StopAsyncIteration
+            if self._error is not None:
+                raise self._error
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+
+    def __len__(self) -> int:
+        """Messages received and not yet handed out."""
+        return len(self._buffer)
+
+    # -- called by the connection -------------------------------------------------------
+
+    def deliver(self, delivery: Delivery, message: Message) -> None:
+        self._buffer.append(message)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def cancelled_by_server(self) -> None:
+        if self._error is None:
+            self._error = ConsumerCancelled(self.queue, self.consumer_tag)
+        self._wake()
+
+    def channel_failed(self, exc: BaseException) -> None:
+        # Deliveries not yet handed out are stale: the broker requeues them.
+        self._buffer.clear()
+        if self._error is None:
+            self._error = exc
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)

@@ -1,0 +1,132 @@
+"""Message: a delivery as the user sees it, with acks that never raise."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from leveret._properties import Properties
+from leveret.protocol import Delivery
+
+if TYPE_CHECKING:
+    from leveret.aio._channel import ChannelHandle
+    from leveret.protocol import AMQPConnection
+
+__all__ = ["Message"]
+
+
+class Message:
+    """A received message (from a consumer or `get`).
+
+    `ack()`, `nack()` and `reject()` return True when the settlement was sent
+    and False when it could not be: the delivery was already settled, came
+    from a no-ack consumer, or its channel has closed (the broker then
+    requeues it, so sending the tag on another channel would be wrong). They
+    never raise.
+    """
+
+    __slots__ = ("_channel", "_core", "_delivery", "_flush", "_settled")
+
+    def __init__(
+        self,
+        delivery: Delivery,
+        channel: ChannelHandle,
+        core: AMQPConnection,
+        flush: Callable[[], None],
+        settled: bool = False,
+    ) -> None:
+        self._delivery = delivery
+        self._channel = channel
+        self._core = core
+        self._flush = flush
+        self._settled = settled
+
+    @property
+    def body(self) -> bytes:
+        return self._delivery.body
+
+    @property
+    def properties(self) -> Properties:
+        return self._delivery.properties
+
+    @property
+    def headers(self) -> dict[str, object]:
+        """The headers table, empty when the message has none."""
+        return self._delivery.properties.headers or {}
+
+    @property
+    def routing_key(self) -> str:
+        return self._delivery.routing_key
+
+    @property
+    def exchange(self) -> str:
+        return self._delivery.exchange
+
+    @property
+    def redelivered(self) -> bool:
+        return self._delivery.redelivered
+
+    @property
+    def delivery_tag(self) -> int:
+        return self._delivery.delivery_tag
+
+    @property
+    def consumer_tag(self) -> str | None:
+        return self._delivery.consumer_tag
+
+    @property
+    def message_count(self) -> int | None:
+        """For `get`: how many messages were left in the queue; None for consumed messages."""
+        return self._delivery.message_count
+
+    @property
+    def settled(self) -> bool:
+        """True once ack/nack/reject went out (or the delivery needed none)."""
+        return self._settled
+
+    @property
+    def stale(self) -> bool:
+        """True when the channel this came on has closed: it can no longer be settled."""
+        return self._channel.closed is not None
+
+    def ack(self) -> bool:
+        """Acknowledge; False if nothing could be sent (see the class docstring)."""
+        if self._settled or self._channel.closed is not None:
+            return False
+        self._settled = True
+        if self._core.ack(self._channel.id, self._delivery.delivery_tag):
+            self._flush()
+            return True
+        return False
+
+    def nack(self, requeue: bool = True) -> bool:
+        """Negative acknowledgement; `requeue=False` dead-letters or drops the message."""
+        if self._settled or self._channel.closed is not None:
+            return False
+        self._settled = True
+        if self._core.nack(self._channel.id, self._delivery.delivery_tag, requeue=requeue):
+            self._flush()
+            return True
+        return False
+
+    def reject(self, requeue: bool = False) -> bool:
+        """Reject; by default not requeued (dead-lettered if the queue has a DLX)."""
+        if self._settled or self._channel.closed is not None:
+            return False
+        self._settled = True
+        if self._core.reject(self._channel.id, self._delivery.delivery_tag, requeue=requeue):
+            self._flush()
+            return True
+        return False
+
+    def text(self, encoding: str | None = None) -> str:
+        """The body decoded with `content_encoding` (UTF-8 when unset)."""
+        return self.body.decode(encoding or self.properties.content_encoding or "utf-8")
+
+    def __repr__(self) -> str:
+        body = self.body
+        shown = body if len(body) <= 40 else body[:40] + b"..."
+        return (
+            f"<Message exchange={self.exchange!r} routing_key={self.routing_key!r} "
+            f"delivery_tag={self.delivery_tag} redelivered={self.redelivered} body={shown!r}>"
+        )
