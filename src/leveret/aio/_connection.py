@@ -35,6 +35,7 @@ from leveret._url import ConnectionParameters
 from leveret.aio._channel import ChannelHandle
 from leveret.aio._consumer import Consumer
 from leveret.aio._message import Message
+from leveret.aio._rpc import Handler, RpcClient, RpcServer
 from leveret.exceptions import (
     AuthenticationFailed,
     ChannelClosed,
@@ -151,6 +152,7 @@ class Connection:
         self._publish_channels: dict[str, ChannelHandle] = {}
         self._publish_channel_opening: dict[str, asyncio.Task[ChannelHandle]] = {}
         self._get_channel: ChannelHandle | None = None
+        self._rpc_client: RpcClient | None = None
         self._consumers: dict[tuple[int, str], Consumer] = {}
         self._name_cache: dict[str, bytes] = {}
         self._flush = self._schedule_flush
@@ -865,6 +867,45 @@ class Connection:
         if isinstance(reply, Delivery):
             return Message(reply, channel, self._core, self._flush, no_ack)
         return None
+
+    # -- RPC ------------------------------------------------------------------------------------------
+
+    async def call(
+        self,
+        routing_key: str,
+        body: bytes | bytearray | memoryview = b"",
+        *,
+        exchange: str = "",
+        timeout: float = 30.0,
+        properties: Properties | None = None,
+        expire_unanswered: bool = True,
+    ) -> Message:
+        """Send a request and wait for its reply (direct reply-to); returns the reply message.
+
+        Raises RPCTimeout after `timeout` seconds, RemoteError when the
+        server's handler raised, MessageReturned when no queue takes the
+        request. With `expire_unanswered`, the request carries `timeout` as its
+        expiration, so nobody works on it after the caller gave up.
+        """
+        if type(body) is not bytes:
+            if not isinstance(body, (bytearray, memoryview)):
+                raise TypeError(f"body must be bytes, got {type(body).__name__}: {body!r:.80}")
+            body = bytes(body)
+        if self._rpc_client is None:
+            self._rpc_client = RpcClient(self)
+        return await self._rpc_client.call(
+            routing_key,
+            body,
+            exchange=exchange,
+            timeout=timeout,
+            properties=properties,
+            expiration=expire_unanswered,
+        )
+
+    def serve(self, queue: str, handler: Handler, *, concurrency: int = 10) -> RpcServer:
+        """Answer requests on `queue` with `handler(msg) -> bytes`: `async with conn.serve(q, h):`."""
+        _check_name(queue, "queue name")
+        return RpcServer(self, queue, handler, concurrency=concurrency)
 
     # -- misc --------------------------------------------------------------------------------------------
 

@@ -1,0 +1,279 @@
+"""RPC over RabbitMQ: `conn.call()` with direct reply-to, `conn.serve()` for handlers.
+
+The client publishes requests and consumes replies on one channel, as
+direct reply-to requires (a no-ack consumer on `amq.rabbitmq.reply-to`, on
+the channel the requests go out on). Calls are matched by correlation id,
+so any number may be in flight at once; a call that times out or is
+cancelled leaves the pending table at once, and its late reply is dropped
+with a debug log.
+
+A handler's exception travels back as an error reply (type name and
+message in headers, no traceback) that the caller raises as `RemoteError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from pamqp import commands
+
+from leveret._properties import Properties
+from leveret.aio._consumer import Consumer
+from leveret.aio._message import Message
+from leveret.exceptions import LeveretError, RemoteError, RPCTimeout
+from leveret.protocol import Delivery
+from leveret.protocol._codec import encode_properties
+
+if TYPE_CHECKING:
+    from leveret.aio._channel import ChannelHandle
+    from leveret.aio._connection import Connection
+
+__all__ = ["Handler", "RpcClient", "RpcServer"]
+
+log = logging.getLogger("leveret")
+
+REPLY_QUEUE = "amq.rabbitmq.reply-to"
+ERROR_TYPE_HEADER = "x-leveret-error-type"
+ERROR_MESSAGE_HEADER = "x-leveret-error-message"
+Handler = Callable[[Message], Awaitable[bytes | bytearray | memoryview | None]]
+
+
+class _ReplySink(Consumer):
+    """The reply consumer: hands each reply to the pending call with its correlation id."""
+
+    def __init__(self, connection: Connection, client: RpcClient) -> None:
+        super().__init__(
+            connection,
+            REPLY_QUEUE,
+            prefetch=0,
+            no_ack=True,
+            exclusive=False,
+            arguments=None,
+            consumer_tag=f"leveret.rpc.{os.getpid()}.{id(client):x}",
+        )
+        self._client = client
+
+    def deliver(self, delivery: Delivery, message: Message) -> None:
+        self._client.on_reply(message)
+
+    def channel_failed(self, exc: BaseException) -> None:
+        self._client.on_channel_failed(exc)
+
+    def cancelled_by_server(self) -> None:
+        self._client.on_channel_failed(LeveretError("the broker cancelled the RPC reply consumer"))
+
+
+class RpcClient:
+    """Direct reply-to calls over one channel of the connection."""
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+        self._pending: dict[str, asyncio.Future[Message]] = {}
+        self._ids = itertools.count(1)
+        self._prefix = f"{os.getpid():x}.{id(self):x}"
+        self._channel: ChannelHandle | None = None
+        self._opening: asyncio.Task[ChannelHandle] | None = None
+
+    async def _ready_channel(self) -> ChannelHandle:
+        channel = self._channel
+        if channel is not None and channel.closed is None:
+            return channel
+        if self._opening is None or self._opening.done():
+            self._opening = asyncio.ensure_future(self._open())
+        return await asyncio.shield(self._opening)
+
+    async def _open(self) -> ChannelHandle:
+        connection = self._connection
+        channel = await connection._open_channel()
+        await connection._channel_call(channel, commands.Confirm.Select())
+        sink = _ReplySink(connection, self)
+        sink._attach(channel)
+        connection._consumers[(channel.id, sink.consumer_tag)] = sink
+        await connection._channel_call(
+            channel,
+            commands.Basic.Consume(queue=REPLY_QUEUE, consumer_tag=sink.consumer_tag, no_ack=True),
+        )
+        self._channel = channel
+        return channel
+
+    async def call(
+        self,
+        routing_key: str,
+        body: bytes,
+        *,
+        exchange: str,
+        timeout: float,
+        properties: Properties | None,
+        expiration: bool,
+    ) -> Message:
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {timeout!r}")
+        connection = self._connection
+        exchange_bytes = connection._encoded_name(exchange, "exchange name")
+        routing_key_bytes = connection._encoded_name(routing_key, "routing key")
+        correlation_id = f"{self._prefix}.{next(self._ids)}"
+        props = (properties or Properties()).replace(
+            correlation_id=correlation_id, reply_to=REPLY_QUEUE
+        )
+        if expiration and props.expiration is None:
+            # A request nobody picks up in time dies in the queue instead of piling up.
+            props.expiration = str(max(1, int(timeout * 1000)))
+        properties_bytes = encode_properties(props)
+        loop = asyncio.get_running_loop()
+        reply: asyncio.Future[Message] = loop.create_future()
+        try:
+            async with asyncio.timeout(timeout):
+                channel = await self._ready_channel()
+                connection._check_usable()
+                if channel.closed is not None:
+                    raise channel.closed
+                self._pending[correlation_id] = reply
+                seq = connection._core.publish(
+                    channel.id, exchange_bytes, routing_key_bytes, body, properties_bytes, True
+                )
+                confirm: asyncio.Future[None] = loop.create_future()
+                channel.add_confirm(seq, confirm)
+                channel.mandatory[seq] = (exchange, routing_key)
+                confirm.add_done_callback(lambda f: _fail_on_refusal(f, reply))
+                connection._schedule_flush()
+                message = await reply
+        except TimeoutError:
+            raise RPCTimeout(
+                f"no reply from {routing_key!r} within {timeout}s (correlation id {correlation_id})"
+            ) from None
+        finally:
+            self._pending.pop(correlation_id, None)
+        headers = message.properties.headers
+        if headers and ERROR_TYPE_HEADER in headers:
+            raise RemoteError(
+                _text(headers.get(ERROR_TYPE_HEADER)), _text(headers.get(ERROR_MESSAGE_HEADER))
+            )
+        return message
+
+    def on_reply(self, message: Message) -> None:
+        future = self._pending.pop(message.properties.correlation_id or "", None)
+        if future is None or future.done():
+            log.debug(
+                "leveret: dropped a late or unknown RPC reply (correlation id %r)",
+                message.properties.correlation_id,
+            )
+            return
+        future.set_result(message)
+
+    def on_channel_failed(self, exc: BaseException) -> None:
+        self._channel = None
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(exc)
+
+
+def _fail_on_refusal(confirm: asyncio.Future[None], reply: asyncio.Future[Message]) -> None:
+    # An unroutable (returned) or nacked request will never be answered: fail the call now.
+    if confirm.cancelled():
+        return
+    exc = confirm.exception()
+    if exc is not None and not reply.done():
+        reply.set_exception(exc)
+
+
+def _text(value: object) -> str:
+    if isinstance(value, (bytes, bytearray)):
+        return value.decode("utf-8", "replace")
+    return "" if value is None else str(value)
+
+
+class RpcServer:
+    """Consumes a request queue and runs `handler` for each request, up to `concurrency` at once.
+
+    Each request is acked after its reply was published and confirmed (or
+    after its error reply was). Requests without `reply_to` are rejected
+    without requeueing, since no answer could ever reach their sender.
+    """
+
+    def __init__(
+        self,
+        connection: Connection,
+        queue: str,
+        handler: Handler,
+        *,
+        concurrency: int,
+        include_traceback: bool = False,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {concurrency!r}")
+        self._connection = connection
+        self.queue = queue
+        self._handler = handler
+        self._concurrency = concurrency
+        self._consumer = connection.consume(queue, prefetch=concurrency)
+        self._runner: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> RpcServer:
+        await self._consumer.start()
+        self._runner = asyncio.ensure_future(self._run())
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop taking requests; let running handlers finish (bounded), then close."""
+        runner = self._runner
+        if runner is not None and not runner.done():
+            runner.cancel()
+            try:
+                await runner
+            except asyncio.CancelledError:
+                pass
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=self._connection.close_timeout)
+        await self._consumer.close()
+
+    async def wait_closed(self) -> None:
+        """Serve until the consumer ends; re-raises why it ended (e.g. ConsumerCancelled)."""
+        if self._runner is not None:
+            await self._runner
+
+    async def _run(self) -> None:
+        async for message in self._consumer:
+            task = asyncio.ensure_future(self._handle(message))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, request: Message) -> None:
+        props = request.properties
+        if not props.reply_to:
+            log.warning("leveret: rejected an RPC request on %r without reply_to", self.queue)
+            request.reject(requeue=False)
+            return
+        reply_props = Properties(correlation_id=props.correlation_id)
+        try:
+            result = await self._handler(request)
+            body = b"" if result is None else bytes(result)
+        except Exception as exc:  # the caller gets the error; the server lives on
+            log.exception("leveret: RPC handler for %r raised", self.queue)
+            body = b""
+            reply_props.headers = {
+                ERROR_TYPE_HEADER: type(exc).__name__,
+                ERROR_MESSAGE_HEADER: str(exc),
+            }
+        try:
+            await self._connection.publish(body, routing_key=props.reply_to, properties=reply_props)
+        except LeveretError as exc:
+            log.warning("leveret: could not publish the RPC reply to %r: %s", props.reply_to, exc)
+            request.nack(requeue=not request.redelivered)
+            return
+        request.ack()
