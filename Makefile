@@ -1,0 +1,43 @@
+# Everything a fresh Debian machine with Python 3.11+ needs, in two commands:
+#   make demo   starts a private RabbitMQ node and runs the work-queue demo
+#   make test   lint, type-check, then the whole test suite against a private node
+# RabbitMQ is installed with apt-get when missing (as root); see leveret.testing.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck pytest setup broker clean bench
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test,lint]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+broker: setup
+	$(PY) -m leveret.testing install
+
+demo: broker
+	$(PY) -m leveret.demo
+
+lint: setup
+	$(VENV)/bin/ruff check src tests examples benchmarks
+	$(VENV)/bin/ruff format --check src tests examples benchmarks
+
+typecheck: setup
+	$(VENV)/bin/mypy
+
+pytest: broker
+	$(PY) -m pytest
+
+test: lint typecheck pytest
+
+bench: broker
+	$(PY) benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,0 +1,137 @@
+"""leveret adapter for the shared benchmark harness (`../shared/bench/run.py`).
+
+Runs the harness's workloads through leveret's public API only:
+  publish_confirm   one task per `await conn.publish(...)`, at most --window in flight
+  publish_noconfirm skipped: leveret always waits for publisher confirms
+  consume_ack       `async with conn.consume(q, prefetch=...)`, `async for`, `msg.ack()`
+  rpc_latency       `conn.serve(q, handler)` on one connection, sequential
+                    `await conn.call(q, body)` on another (direct reply-to; the
+                    server acks each request after its confirmed reply)
+
+From the project root, with the broker from `python -m leveret.testing start`:
+    python ../shared/bench/run.py --client-dir benchmarks \
+        --python-for leveret=.venv/bin/python --clients leveret,aio_pika,raw_limit
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from typing import Any
+
+# run.py puts its anchors/ folder (with _common) on PYTHONPATH.
+from _common import Meter, Skip, body_of, latency_stats, run_main  # type: ignore[import-not-found]  # noqa: E402
+
+import leveret  # noqa: E402
+
+
+async def _depth(conn: leveret.Connection, queue: str, expected: int, timeout: float = 15.0) -> int:
+    deadline = time.monotonic() + timeout
+    while True:
+        depth = (await conn.declare_queue(queue, passive=True)).message_count
+        if depth == expected or time.monotonic() > deadline:
+            return depth
+        await asyncio.sleep(0.05)
+
+
+async def publish_confirm(args: Any) -> dict[str, Any]:
+    async with leveret.connect(args.url) as conn:
+        await conn.declare_queue(args.queue)
+        body = body_of(args.size)
+        window = asyncio.Semaphore(args.window)
+        failures: list[BaseException] = []
+
+        def done(task: asyncio.Task[None]) -> None:
+            window.release()
+            if not task.cancelled() and task.exception() is not None:
+                failures.append(task.exception())  # type: ignore[arg-type]
+
+        publish = conn.publish
+        queue = args.queue
+        meter = Meter()
+        meter.start()
+        for _ in range(args.n):
+            await window.acquire()
+            asyncio.ensure_future(publish(body, queue)).add_done_callback(done)
+        for _ in range(args.window):
+            await window.acquire()
+        meter.stop()
+        if failures:
+            raise RuntimeError(f"{len(failures)} publishes failed, first: {failures[0]!r}")
+        depth = await _depth(conn, args.queue, args.n)
+    return {
+        "meter": meter,
+        "verified": depth == args.n,
+        "depth": depth,
+        "mode": f"task per await conn.publish(), semaphore window={args.window}",
+    }
+
+
+async def consume_ack(args: Any) -> dict[str, Any]:
+    received = nbytes = 0
+    async with leveret.connect(args.url) as conn:
+        meter = Meter()
+        meter.start()
+        async with conn.consume(args.queue, prefetch=args.prefetch) as messages:
+            async for message in messages:
+                message.ack()
+                received += 1
+                nbytes += len(message.body)
+                if received == args.n:
+                    break
+            await conn.declare_queue(args.queue, passive=True)  # flush round trip (timed)
+            meter.stop()
+        depth = (await conn.declare_queue(args.queue, passive=True)).message_count
+    ok = received == args.n and depth == 0 and nbytes == args.n * args.size
+    return {
+        "meter": meter,
+        "verified": ok,
+        "received": received,
+        "depth_after": depth,
+        "mode": f"async for over conn.consume(prefetch={args.prefetch}), msg.ack() each",
+    }
+
+
+async def rpc_latency(args: Any) -> dict[str, Any]:
+    async def echo(message: leveret.Message) -> bytes:
+        return message.body
+
+    async with leveret.connect(args.url) as server, leveret.connect(args.url) as client:
+        await server.declare_queue(args.queue)
+        payload = body_of(args.size)
+        async with server.serve(args.queue, echo, concurrency=10):
+            for _ in range(args.warmup):
+                await client.call(args.queue, payload)
+            samples: list[int] = []
+            ok = True
+            meter = Meter()
+            meter.start()
+            for _ in range(args.n):
+                t0 = time.perf_counter_ns()
+                reply = await client.call(args.queue, payload)
+                samples.append(time.perf_counter_ns() - t0)
+                ok = ok and reply.body == payload
+            meter.stop()
+    return {
+        "meter": meter,
+        "verified": ok,
+        **latency_stats(samples),
+        "mode": "sequential conn.call() via direct reply-to; conn.serve() acks after a confirmed reply",
+    }
+
+
+def impl(args: Any) -> dict[str, Any]:
+    if args.workload == "publish_noconfirm":
+        raise Skip("leveret always uses publisher confirms; there is no fire-and-forget publish")
+    workloads = {
+        "publish_confirm": publish_confirm,
+        "consume_ack": consume_ack,
+        "rpc_latency": rpc_latency,
+    }
+    result: dict[str, Any] = asyncio.run(workloads[args.workload](args))
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(run_main("leveret", impl))
