@@ -17,11 +17,12 @@ from __future__ import annotations
 import calendar
 import datetime
 import decimal
+import math
 import struct
 from typing import Any
 
-from pamqp import commands, decode
-from pamqp import frame as pamqp_frame
+from pamqp import commands
+from pamqp import encode as pamqp_encode
 from pamqp.base import Frame as PamqpMethod
 
 from leveret._properties import Properties
@@ -70,7 +71,7 @@ def encode_shortstr(value: str, what: str) -> bytes:
     """UTF-8 with a one-octet length; `what` names the field in the error."""
     if not isinstance(value, str):
         raise TypeError(f"{what} must be a str, got {type(value).__name__}: {value!r}")
-    raw = value.encode()
+    raw = value.encode("utf-8", "surrogateescape")  # a peer's non-UTF-8 goes back intact
     if len(raw) > 255:
         raise ValueError(
             f"{what} is {len(raw)} bytes encoded, over the AMQP limit of 255: {value!r}"
@@ -99,7 +100,7 @@ def encode_table(table: dict[str, Any] | None, what: str = "table") -> bytes:
     for key, value in sorted(table.items()):
         if not isinstance(key, str):
             raise TypeError(f"{what} key must be a str, got {type(key).__name__}: {key!r}")
-        raw_key = key.encode()
+        raw_key = key.encode("utf-8", "surrogateescape")
         if len(raw_key) > 128:
             raise ValueError(f"{what} key is over the AMQP limit of 128 bytes: {key!r}")
         parts.append(_U8.pack(len(raw_key)))
@@ -128,13 +129,16 @@ def _encode_int(value: int, what: str) -> bytes:
 
 def _encode_value(value: Any, what: str) -> bytes:
     if isinstance(value, str):
-        raw = value.encode()
+        raw = value.encode("utf-8", "surrogateescape")
         return b"S" + _U32.pack(len(raw)) + raw
     if isinstance(value, bool):
         return b"t\x01" if value else b"t\x00"
     if isinstance(value, int):
         return _encode_int(value, what)
     if isinstance(value, float):
+        if not math.isfinite(value):
+            # RabbitMQ cannot parse NaN or infinities and closes the whole connection (541).
+            raise ValueError(f"{what} is {value!r}, which RabbitMQ cannot accept in a table")
         return b"d" + _DOUBLE.pack(value)
     if isinstance(value, (bytes, bytearray, memoryview)):
         raw = bytes(value)
@@ -173,16 +177,109 @@ def _timestamp_seconds(value: datetime.datetime, what: str) -> int:
     if not isinstance(value, datetime.datetime):
         raise TypeError(f"{what} must be a datetime, got {type(value).__name__}: {value!r}")
     if value.tzinfo is None or value.utcoffset() is None:
-        return calendar.timegm(value.timetuple())
-    return int(value.timestamp())
+        seconds = calendar.timegm(value.timetuple())
+    else:
+        seconds = int(value.timestamp())
+    if seconds < 0:
+        raise ValueError(f"{what} is before 1970, which AMQP timestamps cannot carry: {value!r}")
+    return seconds
 
 
 def decode_table(data: bytes) -> dict[str, Any]:
-    """Decode a field table (with its length prefix), every RabbitMQ field type."""
+    """Decode a field table (with its length prefix), every RabbitMQ field type.
+
+    Written here rather than taken from pamqp so that it is lenient where peers
+    are sloppy (non-UTF-8 keys and strings keep their bytes via surrogateescape)
+    and exact where pamqp guesses (timestamps are always seconds).
+    """
     try:
-        return decode.field_table(data)[1]
-    except (ValueError, KeyError, struct.error, IndexError) as exc:
+        table, _ = _decode_table_at(data, 0, 0)
+    except (struct.error, IndexError, ValueError, OverflowError) as exc:
         raise RemoteProtocolError(f"malformed field table: {exc}", 502) from exc
+    return table
+
+
+_MAX_TABLE_DEPTH = 100
+
+
+def _decode_table_at(data: bytes, pos: int, depth: int) -> tuple[dict[str, Any], int]:
+    if depth > _MAX_TABLE_DEPTH:
+        raise ValueError("field tables nested too deeply")
+    (size,) = _U32.unpack_from(data, pos)
+    pos += 4
+    end = pos + size
+    if end > len(data):
+        raise ValueError("field table runs past the end of its frame")
+    table: dict[str, Any] = {}
+    while pos < end:
+        key_len = data[pos]
+        key = _decode_str(bytes(data[pos + 1 : pos + 1 + key_len]))
+        table[key], pos = _decode_value(data, pos + 1 + key_len, depth)
+    if pos != end:
+        raise ValueError("field table value runs past the table's length")
+    return table, end
+
+
+def _decode_value(data: bytes, pos: int, depth: int) -> tuple[Any, int]:
+    kind = data[pos]
+    pos += 1
+    simple = _SIMPLE_VALUES.get(kind)
+    if simple is not None:
+        fmt, width = simple
+        return fmt.unpack_from(data, pos)[0], pos + width
+    if kind == 0x53:  # S: long string
+        (length,) = _U32.unpack_from(data, pos)
+        end = pos + 4 + length
+        if end > len(data):
+            raise ValueError("long string runs past the end of its frame")
+        return _decode_str(bytes(data[pos + 4 : end])), end
+    if kind == 0x74:  # t: boolean
+        return data[pos] != 0, pos + 1
+    if kind == 0x46:  # F: nested table
+        return _decode_table_at(data, pos, depth + 1)
+    if kind == 0x41:  # A: array
+        (length,) = _U32.unpack_from(data, pos)
+        pos += 4
+        end = pos + length
+        if end > len(data):
+            raise ValueError("field array runs past the end of its frame")
+        items: list[Any] = []
+        while pos < end:
+            item, pos = _decode_value(data, pos, depth + 1)
+            items.append(item)
+        if pos != end:
+            raise ValueError("field array value runs past the array's length")
+        return items, end
+    if kind == 0x54:  # T: timestamp, seconds since the epoch
+        (seconds,) = _U64.unpack_from(data, pos)
+        return datetime.datetime.fromtimestamp(seconds, datetime.UTC), pos + 8
+    if kind == 0x44:  # D: decimal
+        scale = data[pos]
+        (unscaled,) = _I32.unpack_from(data, pos + 1)
+        return decimal.Decimal(unscaled).scaleb(-scale), pos + 5
+    if kind == 0x78:  # x: byte array
+        (length,) = _U32.unpack_from(data, pos)
+        end = pos + 4 + length
+        if end > len(data):
+            raise ValueError("byte array runs past the end of its frame")
+        return bytearray(data[pos + 4 : end]), end
+    if kind == 0x56:  # V: void
+        return None, pos
+    raise ValueError(f"unknown field type {chr(kind)!r}")
+
+
+_SIMPLE_VALUES: dict[int, tuple[struct.Struct, int]] = {
+    0x62: (_I8, 1),  # b
+    0x42: (_U8, 1),  # B
+    0x73: (_I16, 2),  # s
+    0x75: (_U16, 2),  # u
+    0x49: (_I32, 4),  # I
+    0x69: (_U32, 4),  # i
+    0x6C: (_I64, 8),  # l
+    0x4C: (_U64, 8),  # L
+    0x66: (struct.Struct(">f"), 4),  # f
+    0x64: (_DOUBLE, 8),  # d
+}
 
 
 # -- properties ------------------------------------------------------------------
@@ -276,7 +373,7 @@ def decode_properties(data: bytes) -> Properties:
     """Decode property flags and values (the content header after body size)."""
     try:
         return _decode_properties(data)
-    except (struct.error, IndexError, ValueError) as exc:
+    except (struct.error, IndexError, ValueError, OverflowError) as exc:
         if isinstance(exc, RemoteProtocolError):
             raise
         raise RemoteProtocolError(f"malformed content header properties: {exc}", 502) from exc
@@ -349,8 +446,36 @@ def _decode_properties(data: bytes) -> Properties:
 
 
 def method_frame(channel: int, method: PamqpMethod) -> bytes:
-    """Any method through pamqp (the rare, non-per-message ones)."""
-    return pamqp_frame.marshal(method, channel)
+    """Any method, field by field through pamqp's encoders (the rare, non-per-message ones).
+
+    pamqp's own `marshal()` first validates names against a pattern narrower
+    than RabbitMQ's (it refuses e.g. "données" or "jobs[1]"); the driver checks
+    lengths itself, so the encoding is done here without that step.
+    """
+    parts = [_CLASS_METHOD_INT.pack(method.index)]
+    bits = bit_count = 0
+    for name in method.__slots__:
+        kind = method.amqp_type(name)
+        value: Any = getattr(method, name, 0)
+        if kind == "bit":
+            if value:
+                bits |= 1 << bit_count
+            bit_count += 1
+            if bit_count == 8:
+                parts.append(_U8.pack(bits))
+                bits = bit_count = 0
+            continue
+        if bit_count:
+            parts.append(_U8.pack(bits))
+            bits = bit_count = 0
+        if kind == "table":
+            parts.append(encode_table(value, name))
+        else:
+            parts.append(pamqp_encode.by_type(value, kind))
+    if bit_count:
+        parts.append(_U8.pack(bits))
+    payload = b"".join(parts)
+    return FRAME_HEADER_STRUCT.pack(FRAME_METHOD, channel, len(payload)) + payload + FRAME_END_BYTE
 
 
 def publish_frames(
@@ -406,6 +531,8 @@ def ack_frame(channel: int, method: int, delivery_tag: int, bits: int) -> bytes:
 
 def decode_method(payload: bytes) -> PamqpMethod:
     """Decode a method frame payload through pamqp, as a protocol error on failure."""
+    if len(payload) < 4:
+        raise RemoteProtocolError("method frame shorter than its class and method ids", 502)
     (index,) = _CLASS_METHOD_INT.unpack_from(payload, 0)
     cls = commands.INDEX_MAPPING.get(index)
     if cls is None:
@@ -413,13 +540,15 @@ def decode_method(payload: bytes) -> PamqpMethod:
     method: PamqpMethod = cls()
     try:
         method.unmarshal(payload[4:])
-    except (struct.error, ValueError, IndexError, TypeError, KeyError) as exc:
+    except (struct.error, ValueError, IndexError, TypeError, KeyError, RecursionError) as exc:
         raise RemoteProtocolError(f"malformed {method.name} frame: {exc}", 502) from exc
     return method
 
 
 def read_shortstr(payload: bytes, pos: int) -> tuple[str, int]:
     """A short string at `pos`, and the position after it."""
+    if pos >= len(payload):
+        raise RemoteProtocolError("short string runs past the end of its frame", 502)
     end = pos + 1 + payload[pos]
     if end > len(payload):
         raise RemoteProtocolError("short string runs past the end of its frame", 502)

@@ -62,6 +62,7 @@ from leveret.protocol._events import (
 __all__ = ["AMQPConnection", "ChannelState", "ConnectionState", "Credentials"]
 
 _HANDSHAKE_FRAME_MAX = 131072  # what we accept before tune; the spec minimum is 4096
+_MAX_INBOUND_FRAME = 16 * 1024 * 1024  # beyond this, a frame length means framing is lost
 _DEFAULT_MAX_BODY = 128 * 1024 * 1024
 _CLIENT_CAPABILITIES = {
     "publisher_confirms": True,
@@ -192,6 +193,7 @@ class AMQPConnection:
         self._tx_activity = False
         self._last_rx = 0.0
         self._last_tx = 0.0
+        self._last_tick = 0.0
         self._timer_started = False
 
     # -- client properties ------------------------------------------------------
@@ -227,9 +229,10 @@ class AMQPConnection:
     def take_output(self) -> list[bytes]:
         """Like `data_to_send()` but as pieces, for `transport.writelines()`."""
         out = self._out
-        if out:
-            self._out = []
-            self._tx_activity = True
+        if not out:
+            return []  # never hand out the live buffer: later output would appear in it
+        self._out = []
+        self._tx_activity = True
         return out
 
     @property
@@ -293,8 +296,8 @@ class AMQPConnection:
         protocol (after queueing connection.close); any other exception is a bug.
         """
         events: list[Event] = []
-        if not data:
-            return events
+        if not data or self._closed():
+            return events  # after close-ok, a protocol error or connection_lost: nothing counts
         self._rx_activity = True
         buf = self._inbuf
         buf += data
@@ -311,7 +314,9 @@ class AMQPConnection:
             while size_total - pos >= 8:
                 frame_type, channel_id, size = unpack_header(buf, pos)
                 end = pos + 7 + size
-                if size > self.frame_max - 8:
+                if size > self.frame_max - 8 and size > _MAX_INBOUND_FRAME:
+                    # RabbitMQ does not split content headers to fit our frame_max,
+                    # so only a frame beyond any sane size means framing is lost.
                     raise RemoteProtocolError(
                         f"frame payload of {size} bytes exceeds frame_max {self.frame_max}", 501
                     )
@@ -332,6 +337,9 @@ class AMQPConnection:
                         )
                     else:
                         self._on_connection_method(payload, events)
+                        if self._closed():
+                            pos = size_total  # e.g. the close-ok of crossing closes
+                            break
                 elif frame_type == FRAME_HEADER:
                     self._on_header(channels.get(channel_id), channel_id, payload, events)
                 elif frame_type == FRAME_HEARTBEAT:
@@ -347,6 +355,10 @@ class AMQPConnection:
             if pos:
                 del buf[:pos]
         return events
+
+    def _closed(self) -> bool:
+        # A method, so that mypy does not keep a narrowing of self.state across calls.
+        return self.state is ConnectionState.CLOSED
 
     def _fail(self, exc: RemoteProtocolError) -> None:
         """Queue connection.close for a protocol violation and stop accepting input."""
@@ -449,11 +461,10 @@ class AMQPConnection:
         if index == BASIC_DELIVER and state is ChannelState.OPEN:
             # Hot path: consumer tag, delivery tag, redelivered, exchange, routing key.
             consumer_tag, pos = _codec.read_shortstr(payload, 4)
-            try:
-                (delivery_tag,) = _U64.unpack_from(payload, pos)
-                redelivered = bool(payload[pos + 8] & 1)
-            except (IndexError, ValueError) as exc:
-                raise RemoteProtocolError("truncated basic.deliver", 502) from exc
+            if len(payload) < pos + 9:
+                raise RemoteProtocolError("truncated basic.deliver", 502)
+            (delivery_tag,) = _U64.unpack_from(payload, pos)
+            redelivered = bool(payload[pos + 8] & 1)
             exchange, pos = _codec.read_shortstr(payload, pos + 9)
             routing_key, _ = _codec.read_shortstr(payload, pos)
             channel.content = Delivery(
@@ -646,7 +657,7 @@ class AMQPConnection:
         return channel
 
     def open_channel(self) -> int:
-        """Send channel.open on the lowest free number; ChannelOpened follows."""
+        """Send channel.open on the next free number, round robin; ChannelOpened follows."""
         self._require_open()
         limit = self.channel_max
         channel_id = self._next_channel_hint
@@ -691,6 +702,10 @@ class AMQPConnection:
             raise LocalProtocolError("use open_channel() / close_channel() for channel lifecycle")
         if method.synchronous and not getattr(method, "nowait", False):
             channel.replies.append(frozenset(method.valid_responses))
+        if isinstance(method, commands.Confirm.Select):
+            # The broker numbers publishes from its receipt of select, not from our
+            # receipt of select-ok (and with nowait there is no select-ok at all).
+            channel.confirm_mode = True
         self._out.append(_codec.method_frame(channel_id, method))
 
     def publish(
@@ -720,6 +735,13 @@ class AMQPConnection:
         if len(body) > self.max_body_size:
             raise ValueError(
                 f"body of {len(body)} bytes exceeds max_body_size {self.max_body_size}"
+            )
+        if len(properties) + 12 > self.max_body_frame:
+            # A content header cannot be split; the broker would close the connection (501).
+            raise ValueError(
+                f"message properties and headers take {len(properties) + 12} bytes, over the "
+                f"{self.max_body_frame} a content header frame can carry with frame_max "
+                f"{self.frame_max}"
             )
         self._out.extend(
             _codec.publish_frames(
@@ -791,7 +813,7 @@ class AMQPConnection:
             return None
         if not self._timer_started:
             return 0.0
-        return min(self._last_tx, self._last_rx) + self.heartbeat / 4
+        return self._last_tick + self.heartbeat / 4
 
     def handle_timer(self, now: float) -> list[Event]:
         """Send a heartbeat when we have been quiet for half an interval; detect a dead peer.
@@ -802,6 +824,7 @@ class AMQPConnection:
         """
         if not self.heartbeat or self.state not in (ConnectionState.OPEN, ConnectionState.CLOSING):
             return []
+        self._last_tick = now
         if not self._timer_started:
             self._timer_started = True
             self._last_rx = self._last_tx = now
