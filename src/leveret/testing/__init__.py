@@ -1,0 +1,22 @@
+"""A private, throwaway RabbitMQ node for tests: yours and leveret's own.
+
+A client library is only as good as its tests against a real broker, and mocks cannot
+reproduce connection.blocked, a broker closing connections or a consumer being cancelled.
+`RabbitMQNode.start()` runs RabbitMQ as the current user on 127.0.0.1 with all state in a
+temp dir (installing the Debian package first when it is missing and we are root), and
+`stop()` removes every trace again.  With pytest, the `rabbitmq`, `rabbitmq_url` and
+`rabbitmqctl` fixtures of `leveret.testing.pytest_plugin` do this once per session:
+
+    async def test_roundtrip(rabbitmq_url: str) -> None:
+        async with leveret.connect(rabbitmq_url) as conn:
+            ...
+"""
+
+from leveret.testing._node import (
+    NodeStartError,
+    RabbitmqctlError,
+    RabbitMQNode,
+    ensure_rabbitmq_installed,
+)
+
+__all__ = ["NodeStartError", "RabbitMQNode", "RabbitmqctlError", "ensure_rabbitmq_installed"]

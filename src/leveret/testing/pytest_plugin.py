@@ -1,0 +1,40 @@
+"""pytest fixtures for a private RabbitMQ node, loaded through leveret's `pytest11` entry point.
+
+One node per test session (per xdist worker), started on first use and stopped at the end.
+A node that cannot start fails the tests that need it, with the node's log in the report:
+skipping would let a broken environment pass as green.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+try:
+    import pytest
+except ImportError as exc:  # pragma: no cover - pytest imports this module itself
+    raise ImportError("leveret.testing.pytest_plugin is a pytest plugin; install pytest") from exc
+
+from leveret.testing._node import NodeStartError, RabbitMQNode
+
+
+@pytest.fixture(scope="session")
+def rabbitmq() -> Iterator[RabbitMQNode]:
+    """The session's private RabbitMQ node (guest/guest on 127.0.0.1, a free port)."""
+    try:
+        node = RabbitMQNode.start()
+    except NodeStartError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    with node:
+        yield node
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url(rabbitmq: RabbitMQNode) -> str:
+    """amqp://guest:guest@127.0.0.1:PORT/ of the session's node."""
+    return rabbitmq.url
+
+
+@pytest.fixture(scope="session")
+def rabbitmqctl(rabbitmq: RabbitMQNode) -> Callable[..., str]:
+    """`rabbitmqctl("list_queues", "name")` against the session's node; returns stdout."""
+    return rabbitmq.ctl
