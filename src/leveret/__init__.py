@@ -1,19 +1,28 @@
 """leveret: an asyncio-first RabbitMQ (AMQP 0-9-1) client that handles the edge cases.
 
-async with leveret.connect("amqp://guest:guest@localhost/") as conn:
-    await conn.declare_queue("tasks", durable=True)
-    await conn.publish(b"hello", routing_key="tasks")       # waits for the confirm
-    async with conn.consume("tasks") as messages:
-        async for msg in messages:
-            msg.ack()
+    async with leveret.connect("amqp://guest:guest@localhost/") as conn:
+        await conn.declare_queue("tasks", durable=True)
+        await conn.publish(b"hello", routing_key="tasks")       # waits for the confirm
+        async with conn.consume("tasks") as messages:
+            async for msg in messages:
+                msg.ack()
+
+The asyncio names are imported on first use, so that `import leveret.protocol`
+(the sans-IO core) loads no event-loop machinery.
 """
+
+from typing import TYPE_CHECKING, Any
 
 from leveret._properties import FieldTable, FieldValue, Properties
 from leveret._url import ConnectionParameters, parse_url
 from leveret._version import __version__
-from leveret.aio import Connection, Consumer, Message, QueueInfo, connect
 from leveret.exceptions import *  # noqa: F403
 from leveret.exceptions import __all__ as _exceptions_all
+
+if TYPE_CHECKING:
+    from leveret.aio import Connection, Consumer, Message, QueueInfo, connect
+
+_ASYNCIO_NAMES = frozenset({"Connection", "Consumer", "Message", "QueueInfo", "connect"})
 
 __all__ = [
     "Connection",
@@ -29,3 +38,13 @@ __all__ = [
     "parse_url",
     *_exceptions_all,
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _ASYNCIO_NAMES:
+        from leveret import aio
+
+        value = getattr(aio, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'leveret' has no attribute {name!r}")

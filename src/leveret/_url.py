@@ -8,9 +8,12 @@ naming the URL (with the password hidden) and the parameter.
 
 from __future__ import annotations
 
-import ssl
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, unquote, urlsplit
+
+if TYPE_CHECKING:
+    import ssl
 
 __all__ = ["ConnectionParameters", "parse_url"]
 
@@ -55,7 +58,23 @@ class ConnectionParameters:
         """The URL without the password, for logs and error messages."""
         scheme = "amqps" if self.use_tls else "amqp"
         vhost = "%2F" if self.virtual_host == "/" else self.virtual_host
-        return f"{scheme}://{self.username}@{self.host}:{self.port}/{vhost}"
+        user = f"{self.username}@" if self.username else ""  # none with EXTERNAL
+        return f"{scheme}://{user}{self.host}:{self.port}/{vhost}"
+
+    def connect_error_message(self, exc: OSError) -> str:
+        """Why the TCP or TLS connection failed, with a hint for the usual TLS mistakes."""
+        where = f"could not connect to {self.display()}"
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            return (
+                f"{where}: TLS certificate verification failed: {exc.verify_message} "
+                "(check cafile and server_hostname, or set verify=false to skip verification)"
+            )
+        if isinstance(exc, ssl.SSLError):
+            hint = ""
+            if exc.reason == "WRONG_VERSION_NUMBER":
+                hint = f" (is {self.host}:{self.port} a TLS port? amqps:// needs the TLS listener)"
+            return f"{where}: TLS handshake failed: {exc}{hint}"
+        return f"{where}: {exc}"
 
     def make_ssl_context(self) -> ssl.SSLContext | None:
         """The TLS context to use, built from cafile/certfile/keyfile/verify when none is given."""
@@ -63,6 +82,8 @@ class ConnectionParameters:
             return None
         if self.ssl_context is not None:
             return self.ssl_context
+        import ssl  # here, so that importing leveret alone loads no TLS machinery
+
         context = ssl.create_default_context(cafile=self.cafile)
         if not self.verify:
             context.check_hostname = False

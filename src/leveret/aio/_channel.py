@@ -32,6 +32,7 @@ class ChannelHandle:
         "gone",
         "id",
         "mandatory",
+        "mandatory_bodies",
         "opened",
         "returns",
         "waiters",
@@ -50,6 +51,9 @@ class ChannelHandle:
         self.confirm_high = 0
         # Mandatory publishes awaiting a confirm, so a basic.return can find its publish.
         self.mandatory: dict[int, tuple[str, str]] = {}
+        # Their bodies, when known: the routing key alone cannot tell a returned publish
+        # from a routed one with the same key (e.g. through a headers exchange).
+        self.mandatory_bodies: dict[int, bytes] = {}
         self.returns: deque[Returned] = deque()
         self.consumer: Consumer | None = None
 
@@ -86,6 +90,9 @@ class ChannelHandle:
         if self.mandatory:
             for tag in tags:
                 self.mandatory.pop(tag, None)
+                self.mandatory_bodies.pop(tag, None)
+        if self.returns and not self.mandatory:
+            self.returns.clear()  # no mandatory publish is left to claim them
         low = self.confirm_low
         if multiple:
             low = max(low, delivery_tag + 1)
@@ -97,14 +104,22 @@ class ChannelHandle:
     def _match_returns(self, tags: range | tuple[int]) -> dict[int, MessageReturned]:
         # The broker sends basic.return just before the confirm of the same
         # publish, so each pending return belongs to the lowest settled
-        # mandatory publish with its exchange and routing key (never matched
-        # by message_id, which users may repeat or leave out).
+        # mandatory publish with its exchange, routing key and body (never
+        # matched by message_id, which users may repeat or leave out).
+        # Several returns may arrive before the first of their confirms: one
+        # that matches none of these tags belongs to a later confirm, so keep it.
         matched: dict[int, MessageReturned] = {}
+        unmatched: deque[Returned] = deque()
         while self.returns:
             returned = self.returns.popleft()
             key = (returned.exchange, returned.routing_key)
+            body = returned.body
             for tag in tags:
-                if tag not in matched and self.mandatory.get(tag) == key:
+                if (
+                    tag not in matched
+                    and self.mandatory.get(tag) == key
+                    and self.mandatory_bodies.get(tag, body) == body
+                ):
                     matched[tag] = MessageReturned(
                         returned.reply_code,
                         returned.reply_text,
@@ -114,6 +129,9 @@ class ChannelHandle:
                         returned.properties,
                     )
                     break
+            else:
+                unmatched.append(returned)
+        self.returns = unmatched
         return matched
 
     # -- failure -------------------------------------------------------------------------
@@ -136,6 +154,7 @@ class ChannelHandle:
             if not future.done():
                 future.set_exception(exc)
         self.mandatory.clear()
+        self.mandatory_bodies.clear()
         self.returns.clear()
         if self.consumer is not None:
             self.consumer.channel_failed(exc)

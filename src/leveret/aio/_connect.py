@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import ssl as ssl_module
 from collections.abc import Generator, Sequence
 from types import TracebackType
@@ -27,12 +28,22 @@ def _parameters(
     params = url if isinstance(url, ConnectionParameters) else parse_url(url)
     changes: dict[str, Any] = {}
     if heartbeat is not None:
-        if not isinstance(heartbeat, int) or not 0 <= heartbeat <= 65535:
+        if (
+            not isinstance(heartbeat, int)
+            or isinstance(heartbeat, bool)
+            or not 0 <= heartbeat <= 65535
+        ):
             raise ValueError(f"heartbeat must be an int from 0 to 65535 seconds, got {heartbeat!r}")
         changes["heartbeat"] = heartbeat
     if connection_timeout is not None:
-        if connection_timeout <= 0:
-            raise ValueError(f"connection_timeout must be positive, got {connection_timeout!r}")
+        if (
+            not isinstance(connection_timeout, int | float)
+            or isinstance(connection_timeout, bool)
+            or not 0 < connection_timeout < math.inf
+        ):
+            raise ValueError(
+                f"connection_timeout must be positive seconds, got {connection_timeout!r}"
+            )
         changes["connection_timeout"] = float(connection_timeout)
     if isinstance(ssl, ssl_module.SSLContext):
         changes["use_tls"] = True

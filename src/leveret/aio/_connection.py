@@ -25,7 +25,7 @@ import os
 import socket
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pamqp import commands
 from pamqp.base import Frame as PamqpMethod
@@ -81,6 +81,7 @@ __all__ = ["Connection", "ExchangeType", "QueueInfo"]
 log = logging.getLogger("leveret")
 
 ExchangeType = Literal["direct", "fanout", "topic", "headers"] | str
+_M = TypeVar("_M", bound=PamqpMethod)
 _POOL_LIMIT = 32  # idle synchronous-operation channels kept open
 _NAME_CACHE_LIMIT = 4096
 _consumer_numbers = itertools.count(1)
@@ -162,12 +163,21 @@ class Connection:
     async def _open(self) -> None:
         params = self.params
         try:
+            ssl_context = params.make_ssl_context()
+        except OSError as exc:  # ssl.SSLError too: a missing or bad cafile, certfile or keyfile
+            failure = ConnectFailed(
+                f"could not connect to {params.display()}: cannot load the TLS files "
+                f"(cafile, certfile, keyfile): {exc}"
+            )
+            self._abort(failure)
+            raise failure from exc
+        try:
             async with asyncio.timeout(params.connection_timeout):
                 await self._loop.create_connection(
                     lambda: _Protocol(self),
                     params.host,
                     params.port,
-                    ssl=params.make_ssl_context(),
+                    ssl=ssl_context,
                     server_hostname=(params.server_hostname or params.host)
                     if params.use_tls
                     else None,
@@ -179,9 +189,46 @@ class Connection:
                 f"could not connect to {params.display()}: no AMQP handshake within "
                 f"{params.connection_timeout}s"
             ) from None
-        except OSError as exc:
+        except OSError as exc:  # ssl.SSLError included: TLS handshake failures
             self._abort(ConnectFailed(str(exc)))
-            raise ConnectFailed(f"could not connect to {params.display()}: {exc}") from exc
+            raise ConnectFailed(params.connect_error_message(exc)) from exc
+        except ConnectionLost as exc:
+            # With TLS 1.3 the broker verifies the client certificate after the client's
+            # side of the handshake is done: its alert arrives as a lost connection.
+            self._abort(exc)
+            hint = (
+                "; the broker may have refused the TLS client certificate"
+                if params.certfile
+                else ""
+            )
+            raise ConnectFailed(
+                f"could not connect to {params.display()} (lost during the AMQP handshake"
+                f"{hint}): {exc}"
+            ) from None
+        except AuthenticationFailed as exc:
+            self._abort(exc)
+            if params.auth_mechanism != "EXTERNAL":
+                raise
+            text = str(exc)
+            reply = text.partition(f"for user {params.username!r}: ")[2] or text
+            why = (
+                f"no client certificate was given (pass certfile and keyfile)"
+                if not params.certfile
+                else f"the broker logs in as the user its configuration derives from the TLS "
+                f"client certificate {params.certfile} (the subject DN by default, the CN with "
+                "ssl_cert_login_from = common_name), and that user must exist"
+            )
+            raise AuthenticationFailed(
+                f"{params.display()} refused the SASL EXTERNAL login: {why} ({reply})"
+            ) from None
+        except ProtocolError as exc:
+            self._abort(exc)
+            if params.auth_mechanism == "EXTERNAL" and exc.reply_code == 530:
+                raise AuthenticationFailed(
+                    f"could not log in to {params.display()}: {exc}; EXTERNAL needs amqps:// and "
+                    "the rabbitmq_auth_mechanism_ssl plugin on the broker"
+                ) from None
+            raise
         except LeveretError:
             self._abort(ConnectionClosedByClient("handshake failed"))
             raise
@@ -441,7 +488,7 @@ class Connection:
 
     def _check_usable(self) -> None:
         if self._error is not None:
-            raise self._error
+            raise self._error.with_traceback(None)
         if self._closing:
             raise ConnectionClosedByClient("the connection is closing")
 
@@ -463,7 +510,7 @@ class Connection:
 
     async def _channel_call(self, channel: ChannelHandle, method: PamqpMethod) -> Any:
         if channel.closed is not None:
-            raise channel.closed
+            raise channel.closed.with_traceback(None)
         self._check_usable()
         future: asyncio.Future[Any] = self._loop.create_future()
         channel.waiters.append(future)
@@ -531,7 +578,8 @@ class Connection:
         _check_name(name, "queue name")
         _check_table(arguments, "arguments")
         reply = await self._rpc(
-            commands.Queue.Declare(
+            _command(
+                commands.Queue.Declare,
                 queue=name,
                 passive=passive,
                 durable=durable,
@@ -548,14 +596,14 @@ class Connection:
         """Delete a queue; returns how many messages it held."""
         _check_name(name, "queue name")
         reply = await self._rpc(
-            commands.Queue.Delete(queue=name, if_unused=if_unused, if_empty=if_empty)
+            _command(commands.Queue.Delete, queue=name, if_unused=if_unused, if_empty=if_empty)
         )
         return int(reply.message_count)
 
     async def purge_queue(self, name: str) -> int:
         """Remove every ready message from a queue; returns how many."""
         _check_name(name, "queue name")
-        reply = await self._rpc(commands.Queue.Purge(queue=name))
+        reply = await self._rpc(_command(commands.Queue.Purge, queue=name))
         return int(reply.message_count)
 
     async def bind_queue(
@@ -570,8 +618,12 @@ class Connection:
         _check_name(routing_key, "routing key")
         _check_table(arguments, "arguments")
         await self._rpc(
-            commands.Queue.Bind(
-                queue=queue, exchange=exchange, routing_key=routing_key, arguments=arguments
+            _command(
+                commands.Queue.Bind,
+                queue=queue,
+                exchange=exchange,
+                routing_key=routing_key,
+                arguments=arguments,
             )
         )
 
@@ -587,8 +639,12 @@ class Connection:
         _check_name(routing_key, "routing key")
         _check_table(arguments, "arguments")
         await self._rpc(
-            commands.Queue.Unbind(
-                queue=queue, exchange=exchange, routing_key=routing_key, arguments=arguments
+            _command(
+                commands.Queue.Unbind,
+                queue=queue,
+                exchange=exchange,
+                routing_key=routing_key,
+                arguments=arguments,
             )
         )
 
@@ -605,10 +661,11 @@ class Connection:
     ) -> None:
         """Declare an exchange of `type` (direct, fanout, topic, headers or a plugin's)."""
         _check_name(name, "exchange name")
-        _check_name(type, "exchange type")
+        _check_exchange_type(type)
         _check_table(arguments, "arguments")
         await self._rpc(
-            commands.Exchange.Declare(
+            _command(
+                commands.Exchange.Declare,
                 exchange=name,
                 exchange_type=type,
                 passive=passive,
@@ -621,7 +678,7 @@ class Connection:
 
     async def delete_exchange(self, name: str, *, if_unused: bool = False) -> None:
         _check_name(name, "exchange name")
-        await self._rpc(commands.Exchange.Delete(exchange=name, if_unused=if_unused))
+        await self._rpc(_command(commands.Exchange.Delete, exchange=name, if_unused=if_unused))
 
     async def bind_exchange(
         self,
@@ -636,8 +693,12 @@ class Connection:
         _check_name(routing_key, "routing key")
         _check_table(arguments, "arguments")
         await self._rpc(
-            commands.Exchange.Bind(
-                destination=destination, source=source, routing_key=routing_key, arguments=arguments
+            _command(
+                commands.Exchange.Bind,
+                destination=destination,
+                source=source,
+                routing_key=routing_key,
+                arguments=arguments,
             )
         )
 
@@ -653,8 +714,12 @@ class Connection:
         _check_name(routing_key, "routing key")
         _check_table(arguments, "arguments")
         await self._rpc(
-            commands.Exchange.Unbind(
-                destination=destination, source=source, routing_key=routing_key, arguments=arguments
+            _command(
+                commands.Exchange.Unbind,
+                destination=destination,
+                source=source,
+                routing_key=routing_key,
+                arguments=arguments,
             )
         )
 
@@ -749,7 +814,7 @@ class Connection:
             await self._unblocked.wait()
             self._check_usable()
         if channel.closed is not None:
-            raise channel.closed
+            raise channel.closed.with_traceback(None)
         seq = self._core.publish(
             channel.id, exchange_bytes, routing_key_bytes, body, properties_bytes, mandatory
         )
@@ -758,6 +823,7 @@ class Connection:
         channel.confirm_high = seq
         if mandatory:
             channel.mandatory[seq] = (exchange, routing_key)
+            channel.mandatory_bodies[seq] = body
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush_now)
@@ -827,7 +893,8 @@ class Connection:
             self._consumers[(channel.id, consumer.consumer_tag)] = consumer
             await self._channel_call(
                 channel,
-                commands.Basic.Consume(
+                _command(
+                    commands.Basic.Consume,
                     queue=consumer.queue,
                     consumer_tag=consumer.consumer_tag,
                     no_ack=consumer.no_ack,
@@ -855,7 +922,7 @@ class Connection:
             channel = self._get_channel = await self._open_channel()
         try:
             reply = await self._channel_call(
-                channel, commands.Basic.Get(queue=queue, no_ack=no_ack)
+                channel, _command(commands.Basic.Get, queue=queue, no_ack=no_ack)
             )
         except asyncio.CancelledError:
             # The reply may still come and would hold a message unacked: drop the channel.
@@ -959,10 +1026,36 @@ class Connection:
 def _check_name(value: str, what: str) -> None:
     if not isinstance(value, str):
         raise TypeError(f"{what} must be a str, got {type(value).__name__}: {value!r}")
-    if len(value) > 85 and len(value.encode()) > 255:
+    if len(value) > 63 and len(value.encode()) > 255:  # UTF-8: up to 4 bytes a character
         raise ValueError(
             f"{what} is {len(value.encode())} bytes encoded, over the AMQP limit of 255: {value!r:.300}"
         )
+
+
+_BUILTIN_EXCHANGE_TYPES = frozenset({"direct", "fanout", "topic", "headers"})
+
+
+def _check_exchange_type(value: str) -> None:
+    # RabbitMQ answers an unknown type with a connection error (503), which
+    # would take every other operation down with it: refuse it here instead.
+    _check_name(value, "exchange type")
+    if value not in _BUILTIN_EXCHANGE_TYPES and not value.startswith("x-"):
+        raise ValueError(
+            f"unknown exchange type {value!r}: use direct, fanout, topic, headers "
+            "or a plugin's x- type (e.g. x-delayed-message)"
+        )
+
+
+def _command(cls: type[_M], **fields: Any) -> _M:
+    """Build a pamqp command without its name check, which is narrower than RabbitMQ's.
+
+    pamqp allows only `^[a-zA-Z0-9-_.:@#,/+ ]*$` in queue and exchange names;
+    RabbitMQ takes any UTF-8 up to 255 bytes, which `_check_name` enforces.
+    """
+    method = cls()
+    for name, value in fields.items():
+        setattr(method, name, value)
+    return method
 
 
 def _check_table(table: dict[str, Any] | None, what: str) -> None:

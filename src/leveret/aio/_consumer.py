@@ -114,7 +114,7 @@ class Consumer:
             if self._closed:
                 raise StopAsyncIteration
             if self._error is not None:
-                raise self._error
+                raise self._error.with_traceback(None)
             waiter = self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await waiter

@@ -132,7 +132,7 @@ class RpcClient:
                 channel = await self._ready_channel()
                 connection._check_usable()
                 if channel.closed is not None:
-                    raise channel.closed
+                    raise channel.closed.with_traceback(None)
                 self._pending[correlation_id] = reply
                 seq = connection._core.publish(
                     channel.id, exchange_bytes, routing_key_bytes, body, properties_bytes, True

@@ -92,14 +92,17 @@ def _decode_str(raw: bytes) -> str:
 
 def encode_table(table: dict[str, Any] | None, what: str = "table") -> bytes:
     """Encode a field table; errors name the key path and the offending value."""
-    if not table:
+    if table is None:
         return b"\x00\x00\x00\x00"
     if not isinstance(table, dict):
         raise TypeError(f"{what} must be a dict, got {type(table).__name__}: {table!r}")
-    parts: list[bytes] = []
-    for key, value in sorted(table.items()):
+    if not table:
+        return b"\x00\x00\x00\x00"
+    for key in table:
         if not isinstance(key, str):
             raise TypeError(f"{what} key must be a str, got {type(key).__name__}: {key!r}")
+    parts: list[bytes] = []
+    for key, value in sorted(table.items()):
         raw_key = key.encode("utf-8", "surrogateescape")
         if len(raw_key) > 128:
             raise ValueError(f"{what} key is over the AMQP limit of 128 bytes: {key!r}")
@@ -537,6 +540,9 @@ def decode_method(payload: bytes) -> PamqpMethod:
     cls = commands.INDEX_MAPPING.get(index)
     if cls is None:
         raise RemoteProtocolError(f"unknown method 0x{index:08x}", 540)
+    if cls is commands.Basic.RecoverAsync:
+        # Client-to-server only, and pamqp's constructor warns (an error under -W error).
+        raise RemoteProtocolError("unexpected Basic.RecoverAsync from the broker", 503)
     method: PamqpMethod = cls()
     try:
         method.unmarshal(payload[4:])

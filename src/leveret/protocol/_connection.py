@@ -276,6 +276,10 @@ class AMQPConnection:
         # ref: 1.4.2.6: the lower non-zero value wins; zero means "no limit".
         self.channel_max = _negotiate(self._wanted_channel_max, method.channel_max) or 65535
         self.frame_max = _negotiate(self._wanted_frame_max, method.frame_max) or 2**32 - 1
+        if self.frame_max < 4096:
+            raise RemoteProtocolError(
+                f"broker proposed frame_max {method.frame_max}, below the AMQP minimum of 4096", 530
+            )
         self.heartbeat = _negotiate_heartbeat(self._wanted_heartbeat, method.heartbeat)
         self.max_body_frame = self.frame_max - _codec.FRAME_OVERHEAD
         self._send_method(
@@ -318,7 +322,9 @@ class AMQPConnection:
                     # RabbitMQ does not split content headers to fit our frame_max,
                     # so only a frame beyond any sane size means framing is lost.
                     raise RemoteProtocolError(
-                        f"frame payload of {size} bytes exceeds frame_max {self.frame_max}", 501
+                        f"frame payload of {size} bytes is beyond any frame leveret accepts "
+                        f"(frame_max {self.frame_max}): framing is lost",
+                        501,
                     )
                 if end >= size_total:
                     break
