@@ -53,7 +53,7 @@ async def publish_confirm(args: Any) -> dict[str, Any]:
         meter.start()
         for _ in range(args.n):
             await window.acquire()
-            asyncio.ensure_future(publish(body, queue)).add_done_callback(done)
+            asyncio.ensure_future(publish(body, routing_key=queue)).add_done_callback(done)
         for _ in range(args.window):
             await window.acquire()
         meter.stop()

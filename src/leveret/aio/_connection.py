@@ -171,9 +171,10 @@ class Connection:
             )
             self._abort(failure)
             raise failure from exc
+        transport: asyncio.Transport | None = None
         try:
             async with asyncio.timeout(params.connection_timeout):
-                await self._loop.create_connection(
+                transport, _protocol = await self._loop.create_connection(
                     lambda: _Protocol(self),
                     params.host,
                     params.port,
@@ -212,11 +213,11 @@ class Connection:
             text = str(exc)
             reply = text.partition(f"for user {params.username!r}: ")[2] or text
             why = (
-                f"no client certificate was given (pass certfile and keyfile)"
+                "no client certificate was given (pass certfile and keyfile)"
                 if not params.certfile
-                else f"the broker logs in as the user its configuration derives from the TLS "
-                f"client certificate {params.certfile} (the subject DN by default, the CN with "
-                "ssl_cert_login_from = common_name), and that user must exist"
+                else f"the broker takes the user name from the client certificate "
+                f"{params.certfile} (its subject DN by default, its CN with "
+                "ssl_cert_login_from = common_name) and that user must exist"
             )
             raise AuthenticationFailed(
                 f"{params.display()} refused the SASL EXTERNAL login: {why} ({reply})"
@@ -232,6 +233,14 @@ class Connection:
         except LeveretError:
             self._abort(ConnectionClosedByClient("handshake failed"))
             raise
+        except asyncio.CancelledError:
+            self._abort(ConnectionClosedByClient("connect() was cancelled"))
+            raise
+        finally:
+            if self._error is not None and transport is not None:
+                # A graceful close would start a TLS shutdown that outlives connect() (and
+                # maybe the event loop, leaking the socket); just drop a failed connection.
+                transport.abort()
 
     def _transport_ready(self, transport: asyncio.Transport) -> None:
         self._transport = transport
@@ -738,15 +747,18 @@ class Connection:
     async def publish(
         self,
         body: bytes | bytearray | memoryview,
+        *,
         routing_key: str = "",
         exchange: str = "",
-        *,
         properties: Properties | None = None,
         persistent: bool = False,
         mandatory: bool = False,
         timeout: float | None = None,
     ) -> None:
         """Publish and wait for the broker's confirm.
+
+        `routing_key` and `exchange` are keyword-only: pika's argument order
+        (exchange first) would otherwise publish to the wrong place silently.
 
         Raises PublishNacked when the broker refuses the message,
         MessageReturned when `mandatory` and no queue took it, the channel
