@@ -21,9 +21,9 @@ import time
 from typing import Any
 
 # run.py puts its anchors/ folder (with _common) on PYTHONPATH.
-from _common import Meter, Skip, body_of, latency_stats, run_main  # type: ignore[import-not-found]  # noqa: E402
+from _common import Meter, Skip, body_of, latency_stats, run_main  # type: ignore[import-not-found]
 
-import leveret  # noqa: E402
+import leveret
 
 
 async def _depth(conn: leveret.Connection, queue: str, expected: int, timeout: float = 15.0) -> int:

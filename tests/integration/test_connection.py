@@ -88,7 +88,7 @@ async def test_connection_refused_raises_connect_failed() -> None:
 
 
 async def test_silent_server_hits_the_connection_timeout(silent_server: int) -> None:
-    with pytest.raises(leveret.ConnectFailed, match="no AMQP handshake within 0.5s"):
+    with pytest.raises(leveret.ConnectFailed, match=r"no AMQP handshake within 0\.5s"):
         await leveret.connect(
             f"amqp://guest:guest@127.0.0.1:{silent_server}/", connection_timeout=0.5
         )
@@ -150,3 +150,17 @@ async def test_closing_the_connection_ends_a_waiting_consumer(
             await consumer
     with pytest.raises(leveret.ConnectionClosedByClient):
         await conn.declare_queue(queue_name, passive=True)
+
+
+async def test_update_secret_is_answered_and_the_connection_carries_on(
+    conn: leveret.Connection, queue_name: str
+) -> None:
+    """connection.update-secret (OAuth 2 token refresh) waits for the broker's update-secret-ok."""
+    await conn.update_secret("guest", reason="rotation test")
+    await conn.declare_queue(queue_name, auto_delete=True)
+    await conn.publish(b"after rotation", routing_key=queue_name)
+    message = await conn.get(queue_name)
+    assert message is not None
+    assert message.body == b"after rotation"
+    with pytest.raises(TypeError, match="new_secret must be a str"):
+        await conn.update_secret(b"bytes")  # type: ignore[arg-type]

@@ -154,6 +154,7 @@ class Connection:
         self._publish_channel_opening: dict[str, asyncio.Task[ChannelHandle]] = {}
         self._get_channel: ChannelHandle | None = None
         self._rpc_client: RpcClient | None = None
+        self._secret_waiters: list[asyncio.Future[None]] = []
         self._consumers: dict[tuple[int, str], Consumer] = {}
         self._name_cache: dict[str, bytes] = {}
         self._flush = self._schedule_flush
@@ -318,8 +319,10 @@ class Connection:
             channel = self._channels.get(event.channel_id)
             if channel is not None:
                 self._resolve_waiter(channel, event.method)
-            elif event.channel_id == 0:
-                pass  # update-secret-ok: update_secret() does not wait for it
+            elif event.channel_id == 0 and self._secret_waiters:
+                waiter = self._secret_waiters.pop(0)  # update-secret-ok, in order
+                if not waiter.done():
+                    waiter.set_result(None)
         elif isinstance(event, ChannelOpened):
             channel = self._channels[event.channel_id]
             if not channel.opened.done():
@@ -437,7 +440,8 @@ class Connection:
                 transport.abort()
             else:
                 transport.close()
-        for future in (self._opened,):
+        waiters, self._secret_waiters = self._secret_waiters, []
+        for future in (self._opened, *waiters):
             if not future.done():
                 future.set_exception(exc)
                 future.exception()
@@ -988,11 +992,20 @@ class Connection:
 
     # -- misc --------------------------------------------------------------------------------------------
 
-    def update_secret(self, new_secret: str, reason: str = "token refresh") -> None:
-        """Send a new password or OAuth 2 token for the open connection (connection.update-secret)."""
+    async def update_secret(self, new_secret: str, reason: str = "token refresh") -> None:
+        """Hand the broker a new password or OAuth 2 token (connection.update-secret).
+
+        Returns once the broker answered update-secret-ok. A secret the
+        broker's auth backend refuses closes the connection, which raises here.
+        """
+        if not isinstance(new_secret, str):
+            raise TypeError(f"new_secret must be a str, got {type(new_secret).__name__}")
         self._check_usable()
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        self._secret_waiters.append(waiter)
         self._core.update_secret(new_secret, reason)
         self._schedule_flush()
+        await waiter
 
     async def close(self) -> None:
         """Close gracefully: wait (bounded) for pending confirms, then connection.close.
