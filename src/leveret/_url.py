@@ -63,6 +63,8 @@ class ConnectionParameters:
 
     def connect_error_message(self, exc: OSError) -> str:
         """Why the TCP or TLS connection failed, with a hint for the usual TLS mistakes."""
+        import ssl  # already loaded when the error is a TLS one
+
         where = f"could not connect to {self.display()}"
         if isinstance(exc, ssl.SSLCertVerificationError):
             return (

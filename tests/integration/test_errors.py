@@ -685,7 +685,7 @@ async def test_calls_after_close_raise_connection_closed_by_client(
         with pytest.raises(ConnectionClosedByClient):
             await call()
     with pytest.raises(ConnectionClosedByClient):
-        conn.update_secret("new-secret")
+        await conn.update_secret("new-secret")
 
     async with leveret.connect(rabbitmq_url) as scoped:
         await scoped.close()

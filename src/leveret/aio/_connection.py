@@ -140,6 +140,7 @@ class Connection:
         self._transport: asyncio.Transport | None = None
         self._opened: asyncio.Future[None] = self._loop.create_future()
         self._closed: asyncio.Future[None] = self._loop.create_future()
+        self._socket_closed: asyncio.Future[None] = self._loop.create_future()
         self._error: BaseException | None = None
         self._closing = False
         self._flush_scheduled = False
@@ -420,6 +421,8 @@ class Connection:
 
     def _transport_lost(self, exc: Exception | None) -> None:
         self._transport = None
+        if not self._socket_closed.done():
+            self._socket_closed.set_result(None)
         if self._error is None:
             reason = f": {exc}" if exc else ""
             self._abort(ConnectionLost(f"connection to {self.params.display()} lost{reason}"))
@@ -1017,6 +1020,7 @@ class Connection:
             await asyncio.shield(self._closed)
             return
         self._closing = True
+        transport = self._transport
         try:
             async with asyncio.timeout(self.close_timeout):
                 pending = [
@@ -1031,6 +1035,14 @@ class Connection:
             log.warning("leveret: no close-ok within %ss; aborting the socket", self.close_timeout)
         finally:
             self._abort(ConnectionClosedByClient("the connection was closed by the client"))
+        if transport is not None:
+            # With TLS, transport.close() starts a shutdown handshake: wait for the socket
+            # to really close, or a loop that ends right after close() leaks it.
+            try:
+                async with asyncio.timeout(self.close_timeout):
+                    await asyncio.shield(self._socket_closed)
+            except TimeoutError:
+                transport.abort()
 
     async def __aenter__(self) -> Connection:
         return self

@@ -5,18 +5,39 @@ reproduce connection.blocked, a broker closing connections or a consumer being c
 `RabbitMQNode.start()` runs RabbitMQ as the current user on 127.0.0.1 with all state in a
 temp dir (installing the Debian package first when it is missing and we are root), and
 `stop()` removes every trace again.  With pytest, the `rabbitmq`, `rabbitmq_url` and
-`rabbitmqctl` fixtures of `leveret.testing.pytest_plugin` do this once per session:
+`rabbitmqctl` fixtures of `leveret.testing.pytest_plugin` do this once per session
+(`rabbitmq_tls`: a second node with an AMQPS listener and SASL EXTERNAL, see
+`make_test_certificates`):
 
     async def test_roundtrip(rabbitmq_url: str) -> None:
         async with leveret.connect(rabbitmq_url) as conn:
             ...
 """
 
+from leveret.testing._certs import (
+    CertificateError,
+    TestCertificates,
+    TLSFiles,
+    make_test_certificates,
+)
 from leveret.testing._node import (
     NodeStartError,
     RabbitmqctlError,
     RabbitMQNode,
+    TLSRabbitMQ,
     ensure_rabbitmq_installed,
 )
+from leveret.testing._proxy import FaultProxy
 
-__all__ = ["NodeStartError", "RabbitMQNode", "RabbitmqctlError", "ensure_rabbitmq_installed"]
+__all__ = [
+    "CertificateError",
+    "FaultProxy",
+    "NodeStartError",
+    "RabbitMQNode",
+    "RabbitmqctlError",
+    "TLSFiles",
+    "TLSRabbitMQ",
+    "TestCertificates",
+    "ensure_rabbitmq_installed",
+    "make_test_certificates",
+]

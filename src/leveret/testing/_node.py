@@ -21,15 +21,25 @@ import shlex
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
 from collections.abc import Collection, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-__all__ = ["NodeStartError", "RabbitMQNode", "RabbitmqctlError", "ensure_rabbitmq_installed"]
+from leveret.testing._certs import TestCertificates, TLSFiles
+
+__all__ = [
+    "NodeStartError",
+    "RabbitMQNode",
+    "RabbitmqctlError",
+    "TLSRabbitMQ",
+    "ensure_rabbitmq_installed",
+]
 
 HOST = "127.0.0.1"
 INSTALL_COMMAND = "sudo apt-get install -y --no-install-recommends rabbitmq-server"
@@ -53,6 +63,16 @@ _PLUGIN_LISTENERS = {
     "rabbitmq_mqtt": ("mqtt.listeners.tcp.default = {host}:{port}",),
     "rabbitmq_stomp": ("stomp.listeners.tcp.default = {host}:{port}",),
     "rabbitmq_stream": ("stream.listeners.tcp.default = {host}:{port}",),
+}
+# Plugins that need rabbitmq.conf lines of their own to be of any use.
+_PLUGIN_SETTINGS = {
+    # SASL EXTERNAL: log in as the common name of the verified TLS client certificate.
+    "rabbitmq_auth_mechanism_ssl": (
+        "auth_mechanisms.1 = PLAIN",
+        "auth_mechanisms.2 = AMQPLAIN",
+        "auth_mechanisms.3 = EXTERNAL",
+        "ssl_cert_login_from = common_name",
+    ),
 }
 _POLL_INTERVAL = 0.05
 _MESSAGE_LINES = 40
@@ -328,6 +348,8 @@ class RabbitMQNode:
         pgid: int | None = None,
         plugins_dir: Path | None = None,
         plugin_ports: dict[str, int] | None = None,
+        tls_port: int | None = None,
+        tls: TLSFiles | None = None,
     ) -> None:
         self._bin_dir = bin_dir
         self._base = base_dir
@@ -337,6 +359,8 @@ class RabbitMQNode:
         self._pgid = pgid
         self._plugins_dir = plugins_dir
         self._plugin_ports = dict(plugin_ports or {})
+        self._tls_port = tls_port
+        self._tls = tls
         self._proc: subprocess.Popen[bytes] | None = None
         self._stopped = False
 
@@ -351,27 +375,37 @@ class RabbitMQNode:
         start_timeout: float = 120.0,
         install: bool = True,
         plugins: Sequence[str] = (),
+        tls: TLSFiles | None = None,
     ) -> Self:
         """Start a fresh node and return once `rabbitmqctl await_startup` says it is booted.
 
         port: AMQP port on 127.0.0.1 (default: a free one).  base_dir: where all state goes
         (default: a new temp dir); it must be empty or from an earlier node.  plugins: names
         to enable, e.g. "rabbitmq_management"; only these are visible to the node.
+        "rabbitmq_auth_mechanism_ssl" also turns on SASL EXTERNAL, logging clients in as the
+        common name of their certificate.  tls: also listen for AMQPS on a free loopback port
+        (`tls_url`), verifying client certificates against tls.cacert when clients send one
+        (`make_test_certificates(dir).server` is a ready-made TLSFiles).
         """
         for name in plugins:
             if not _PLUGIN_NAME.fullmatch(name):
                 raise ValueError(f"not a plugin name: {name!r}")
+        if tls is not None and not isinstance(tls, TLSFiles):
+            raise TypeError(f"tls must be a TLSFiles, got {type(tls).__name__}")
         bin_dir = ensure_rabbitmq_installed(install)
         if port is None:
             port = _free_port()
         elif not _port_is_free(port):
             raise NodeStartError(f"{HOST}:{port} is already in use (another broker?)")
+        dist_port = _free_port(avoid={port})
         node = cls(
             bin_dir=bin_dir,
             base_dir=_prepare_base_dir(base_dir),
             port=port,
-            dist_port=_free_port(avoid={port}),
+            dist_port=dist_port,
             node_name=f"leveret-{port}@localhost",
+            tls_port=None if tls is None else _free_port(avoid={port, dist_port}),
+            tls=tls,
         )
         try:
             node._write_files(plugins)
@@ -397,6 +431,8 @@ class RabbitMQNode:
                 pgid=state.get("pgid"),
                 plugins_dir=Path(state["plugins_dir"]) if state.get("plugins_dir") else None,
                 plugin_ports=state.get("plugin_ports"),
+                tls_port=state.get("tls_port"),
+                tls=TLSFiles(**state["tls"]) if state.get("tls") else None,
             )
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise NodeStartError(f"no leveret RabbitMQ node state in {state_file}: {exc}") from None
@@ -422,14 +458,36 @@ class RabbitMQNode:
             "default_user = guest\n"
             "default_pass = guest\n"
             "log.console = false\n"
-            "log.file.level = warning\n" + self._plugin_listeners(running)
+            "log.file.level = warning\n"
+            + self._tls_settings()
+            + self._plugin_settings(running)
+            + self._plugin_listeners(running)
         )
+
+    def _tls_settings(self) -> str:
+        if self._tls is None:
+            return ""
+        tls = self._tls
+        lines = (
+            f"listeners.ssl.default = {HOST}:{self._tls_port}",
+            f"ssl_options.cacertfile = {Path(tls.cacert).absolute()}",
+            f"ssl_options.certfile = {Path(tls.cert).absolute()}",
+            f"ssl_options.keyfile = {Path(tls.key).absolute()}",
+            "ssl_options.verify = verify_peer",
+            "ssl_options.fail_if_no_peer_cert = false",
+        )
+        return "".join(f"{line}\n" for line in lines)
+
+    @staticmethod
+    def _plugin_settings(running: Collection[str]) -> str:
+        lines = [line for plugin in sorted(running) for line in _PLUGIN_SETTINGS.get(plugin, ())]
+        return "".join(f"{line}\n" for line in lines)
 
     def _plugin_listeners(self, running: Collection[str]) -> str:
         """Config pinning the listeners of plugins to loopback and free ports (not e.g. 15672
         on all interfaces, which two nodes could not share)."""
         lines = []
-        taken = {self._port, self._dist_port}
+        taken = {self._port, self._dist_port, self._tls_port or 0}
         for plugin in sorted(set(running) & _PLUGIN_LISTENERS.keys()):
             port = _free_port(avoid=taken)
             taken.add(port)
@@ -462,6 +520,10 @@ class RabbitMQNode:
             "bin_dir": str(self._bin_dir),
             "plugins_dir": str(self._plugins_dir) if self._plugins_dir else None,
             "plugin_ports": self._plugin_ports,
+            "tls_port": self._tls_port,
+            "tls": None
+            if self._tls is None
+            else {"cacert": self._tls.cacert, "cert": self._tls.cert, "key": self._tls.key},
         }
         (self._base / _STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
 
@@ -478,6 +540,26 @@ class RabbitMQNode:
             )
         except RabbitmqctlError as exc:
             raise self._start_error(f"rabbitmqctl await_startup failed:\n{exc}") from None
+        if self._tls_port is not None:
+            self._check_tls_listener(self._tls_port)
+
+    def _check_tls_listener(self, port: int) -> None:
+        """One TLS handshake: a key that does not match the certificate, say, only shows
+        there (the listener itself comes up regardless)."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False  # whether clients can verify the broker is their test
+        context.verify_mode = ssl.CERT_NONE
+        try:
+            with (
+                socket.create_connection((HOST, port), timeout=10) as sock,
+                context.wrap_socket(sock),
+            ):
+                pass
+        except OSError as exc:
+            raise self._start_error(
+                f"no TLS handshake with {HOST}:{port} ({exc}); check the TLS files (is the "
+                "key the certificate's?)"
+            ) from None
 
     def _check_booting(self, deadline: float, timeout: float) -> None:
         if self._proc is not None and (code := self._proc.poll()) is not None:
@@ -505,6 +587,23 @@ class RabbitMQNode:
     def url(self) -> str:
         """AMQP URL for the default guest user (allowed from loopback only) and vhost "/"."""
         return f"amqp://guest:guest@{HOST}:{self._port}/"
+
+    @property
+    def tls_port(self) -> int | None:
+        """The AMQPS port on 127.0.0.1, None unless the node was started with `tls`."""
+        return self._tls_port
+
+    @property
+    def tls(self) -> TLSFiles | None:
+        """The CA, certificate and key the TLS listener uses, None without TLS."""
+        return self._tls
+
+    @property
+    def tls_url(self) -> str:
+        """amqps:// URL of the TLS listener for guest (add ?cafile=... to verify the broker)."""
+        if self._tls_port is None:
+            raise NodeStartError(f"{self._node_name} was started without tls")
+        return f"amqps://guest:guest@{HOST}:{self._tls_port}/"
 
     @property
     def plugin_ports(self) -> dict[str, int]:
@@ -631,11 +730,12 @@ class RabbitMQNode:
     def delete_vhost(self, name: str) -> None:
         self.ctl("delete_vhost", name)
 
-    def list_connections(self) -> list[dict[str, Any]]:
+    def list_connections(self, *extra: str) -> list[dict[str, Any]]:
         """AMQP connections: name, user, vhost, state ("running", "blocked", ...) and
-        client_properties as a dict (e.g. ["client_properties"]["connection_name"])."""
+        client_properties as a dict (e.g. ["client_properties"]["connection_name"]), plus
+        the `extra` info items, e.g. "ssl", "ssl_protocol", "peer_cert_subject", "auth_mechanism"."""
         rows = self._ctl_json(
-            "list_connections", "name", "user", "vhost", "state", "client_properties"
+            "list_connections", "name", "user", "vhost", "state", "client_properties", *extra
         )
         for row in rows:
             row["client_properties"] = _amqp_table(row.get("client_properties"))
@@ -764,6 +864,44 @@ class RabbitMQNode:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+@dataclass(frozen=True, slots=True)
+class TLSRabbitMQ:
+    """A node with a TLS listener and SASL EXTERNAL, and the certificates it was made with
+    (what the `rabbitmq_tls` fixture gives)."""
+
+    node: RabbitMQNode
+    certs: TestCertificates
+
+    @property
+    def url(self) -> str:
+        """The plain amqp:// URL of the node."""
+        return self.node.url
+
+    @property
+    def tls_url(self) -> str:
+        """amqps://guest:guest@127.0.0.1:TLSPORT/ (add ?cafile=... to verify the broker)."""
+        return self.node.tls_url
+
+    @property
+    def tls_port(self) -> int:
+        port = self.node.tls_port
+        assert port is not None
+        return port
+
+    def ctl(self, *args: str, timeout: float = 60.0, check: bool = True) -> str:
+        return self.node.ctl(*args, timeout=timeout, check=check)
+
+    def add_user(self, name: str, password: str, **permissions: str) -> None:
+        """`RabbitMQNode.add_user`: vhost, configure, write and read as keywords."""
+        self.node.add_user(name, password, **permissions)
+
+    def delete_user(self, name: str) -> None:
+        self.node.delete_user(name)
+
+    def list_connections(self, *extra: str) -> list[dict[str, Any]]:
+        return self.node.list_connections(*extra)
 
 
 def _write_cookie(path: Path) -> None:

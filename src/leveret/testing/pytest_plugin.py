@@ -14,7 +14,8 @@ try:
 except ImportError as exc:  # pragma: no cover - pytest imports this module itself
     raise ImportError("leveret.testing.pytest_plugin is a pytest plugin; install pytest") from exc
 
-from leveret.testing._node import NodeStartError, RabbitMQNode
+from leveret.testing._certs import CertificateError, make_test_certificates
+from leveret.testing._node import NodeStartError, RabbitMQNode, TLSRabbitMQ
 
 
 @pytest.fixture(scope="session")
@@ -38,3 +39,18 @@ def rabbitmq_url(rabbitmq: RabbitMQNode) -> str:
 def rabbitmqctl(rabbitmq: RabbitMQNode) -> Callable[..., str]:
     """`rabbitmqctl("list_queues", "name")` against the session's node; returns stdout."""
     return rabbitmq.ctl
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TLSRabbitMQ]:
+    """A second node, started only for tests that ask for it: AMQPS on a free loopback port
+    (`.tls_url`) with a certificate for 127.0.0.1/localhost, client certificates verified
+    against `.certs.ca_cert` when sent, and SASL EXTERNAL logging in as a certificate's CN
+    (`.certs.client_user` has no broker user until a test adds one)."""
+    try:
+        certs = make_test_certificates(tmp_path_factory.mktemp("tls-certs"))
+        node = RabbitMQNode.start(tls=certs.server, plugins=["rabbitmq_auth_mechanism_ssl"])
+    except (CertificateError, NodeStartError) as exc:
+        pytest.fail(str(exc), pytrace=False)
+    with node:
+        yield TLSRabbitMQ(node, certs)
