@@ -20,11 +20,12 @@ from leveret.exceptions import *  # noqa: F403
 from leveret.exceptions import __all__ as _exceptions_all
 
 if TYPE_CHECKING:
-    from leveret.aio import Connection, Consumer, Message, QueueInfo, connect
+    from leveret.aio import Backoff, Connection, Consumer, Message, QueueInfo, connect
 
-_ASYNCIO_NAMES = frozenset({"Connection", "Consumer", "Message", "QueueInfo", "connect"})
+_ASYNCIO_NAMES = frozenset({"Backoff", "Connection", "Consumer", "Message", "QueueInfo", "connect"})
 
 __all__ = [
+    "Backoff",
     "Connection",
     "ConnectionParameters",
     "Consumer",

@@ -39,6 +39,7 @@ __all__ = [
     "ProtocolError",
     "PublishError",
     "PublishNacked",
+    "PublishTimeout",
     "RPCTimeout",
     "RemoteError",
     "RemoteProtocolError",
@@ -237,6 +238,10 @@ class PublishError(LeveretError):
 
 class PublishNacked(PublishError):
     """The broker answered a publish with basic.nack (e.g. reject-publish overflow)."""
+
+
+class PublishTimeout(PublishError, TimeoutError):
+    """No confirm arrived before the publish's deadline (the message may still arrive)."""
 
 
 class MessageReturned(PublishError):

@@ -505,7 +505,8 @@ async def test_deleting_a_consumed_queue_ends_that_consumer_with_consumer_cancel
 async def test_close_all_connections_fails_every_pending_and_later_call(
     rabbitmq: RabbitMQNode, rabbitmq_url: str, queue_name: str
 ) -> None:
-    async with leveret.connect(rabbitmq_url) as conn:
+    # Without reconnection: with it (the default), the connection recovers instead.
+    async with leveret.connect(rabbitmq_url, reconnect=False) as conn:
         idle = await conn.declare_queue(f"{queue_name}.idle", exclusive=True)
         busy = await conn.declare_queue(f"{queue_name}.busy", exclusive=True)
         started = [asyncio.Event() for _ in range(5)]

@@ -5,6 +5,10 @@ for synchronous operations (declare, bind, get, ...), a publishing channel in
 confirm mode (one per exchange, so a 404 on one exchange fails only the
 publishes to it), or a consumer's channel (its own prefetch). When the
 broker closes a channel, only what used that channel fails.
+
+Unconfirmed publishes are kept as `Outgoing` records (everything needed to
+send them again), so that when the connection drops they can be re-sent on
+the next one and their callers still get exactly one answer.
 """
 
 from __future__ import annotations
@@ -13,11 +17,48 @@ import asyncio
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from leveret.exceptions import LeveretError, MessageReturned, PublishNacked
+from leveret.exceptions import MessageReturned, PublishNacked
 from leveret.protocol import Returned
 
 if TYPE_CHECKING:
     from leveret.aio._consumer import Consumer
+
+__all__ = ["ChannelHandle", "Outgoing"]
+
+
+class Outgoing:
+    """One publish awaiting its confirm: its future and what it takes to send it again."""
+
+    __slots__ = (
+        "body",
+        "exchange",
+        "exchange_bytes",
+        "future",
+        "mandatory",
+        "properties",
+        "routing_key",
+        "routing_key_bytes",
+    )
+
+    def __init__(
+        self,
+        future: asyncio.Future[None],
+        exchange: str,
+        exchange_bytes: bytes,
+        routing_key: str,
+        routing_key_bytes: bytes,
+        body: bytes,
+        properties: bytes,
+        mandatory: bool,
+    ) -> None:
+        self.future = future
+        self.exchange = exchange
+        self.exchange_bytes = exchange_bytes
+        self.routing_key = routing_key
+        self.routing_key_bytes = routing_key_bytes
+        self.body = body
+        self.properties = properties
+        self.mandatory = mandatory
 
 
 class ChannelHandle:
@@ -31,8 +72,6 @@ class ChannelHandle:
         "consumer",
         "gone",
         "id",
-        "mandatory",
-        "mandatory_bodies",
         "opened",
         "returns",
         "waiters",
@@ -45,22 +84,17 @@ class ChannelHandle:
         self.closed: BaseException | None = None
         # Synchronous requests in send order; replies come back in the same order.
         self.waiters: deque[asyncio.Future[Any]] = deque()
-        # Publisher confirms: seq -> future, and the range that may still be open.
-        self.confirms: dict[int, asyncio.Future[None]] = {}
+        # Publisher confirms: seq -> record, and the range that may still be open.
+        self.confirms: dict[int, Outgoing] = {}
         self.confirm_low = 1
         self.confirm_high = 0
-        # Mandatory publishes awaiting a confirm, so a basic.return can find its publish.
-        self.mandatory: dict[int, tuple[str, str]] = {}
-        # Their bodies, when known: the routing key alone cannot tell a returned publish
-        # from a routed one with the same key (e.g. through a headers exchange).
-        self.mandatory_bodies: dict[int, bytes] = {}
         self.returns: deque[Returned] = deque()
         self.consumer: Consumer | None = None
 
     # -- confirms --------------------------------------------------------------------
 
-    def add_confirm(self, seq: int, future: asyncio.Future[None]) -> None:
-        self.confirms[seq] = future
+    def add_confirm(self, seq: int, record: Outgoing) -> None:
+        self.confirms[seq] = record
         self.confirm_high = seq
 
     def settle(self, delivery_tag: int, multiple: bool, ack: bool) -> None:
@@ -73,8 +107,11 @@ class ChannelHandle:
         returned = self._match_returns(tags) if self.returns else None
         pop = confirms.pop
         for tag in tags:
-            future = pop(tag, None)
-            if future is None or future.done():
+            record = pop(tag, None)
+            if record is None:
+                continue
+            future = record.future
+            if future.done():
                 continue
             if returned and tag in returned:
                 future.set_exception(returned[tag])
@@ -87,12 +124,6 @@ class ChannelHandle:
                         "x-overflow=reject-publish is full"
                     )
                 )
-        if self.mandatory:
-            for tag in tags:
-                self.mandatory.pop(tag, None)
-                self.mandatory_bodies.pop(tag, None)
-        if self.returns and not self.mandatory:
-            self.returns.clear()  # no mandatory publish is left to claim them
         low = self.confirm_low
         if multiple:
             low = max(low, delivery_tag + 1)
@@ -100,6 +131,8 @@ class ChannelHandle:
         while low <= high and low not in confirms:
             low += 1
         self.confirm_low = low
+        if self.returns and not any(r.mandatory for r in confirms.values()):
+            self.returns.clear()  # no mandatory publish is left to claim them
 
     def _match_returns(self, tags: range | tuple[int]) -> dict[int, MessageReturned]:
         # The broker sends basic.return just before the confirm of the same
@@ -110,15 +143,18 @@ class ChannelHandle:
         # that matches none of these tags belongs to a later confirm, so keep it.
         matched: dict[int, MessageReturned] = {}
         unmatched: deque[Returned] = deque()
+        confirms = self.confirms
         while self.returns:
             returned = self.returns.popleft()
-            key = (returned.exchange, returned.routing_key)
-            body = returned.body
             for tag in tags:
+                record = confirms.get(tag)
                 if (
-                    tag not in matched
-                    and self.mandatory.get(tag) == key
-                    and self.mandatory_bodies.get(tag, body) == body
+                    record is not None
+                    and record.mandatory
+                    and tag not in matched
+                    and record.exchange == returned.exchange
+                    and record.routing_key == returned.routing_key
+                    and record.body == returned.body
                 ):
                     matched[tag] = MessageReturned(
                         returned.reply_code,
@@ -133,6 +169,13 @@ class ChannelHandle:
                 unmatched.append(returned)
         self.returns = unmatched
         return matched
+
+    def take_unconfirmed(self) -> list[Outgoing]:
+        """Remove and return the publishes still waiting for a confirm, in send order."""
+        records = [record for _, record in sorted(self.confirms.items())]
+        self.confirms = {}
+        self.returns.clear()
+        return records
 
     # -- failure -------------------------------------------------------------------------
 
@@ -150,15 +193,10 @@ class ChannelHandle:
             if not future.done():
                 future.set_exception(exc)
         confirms, self.confirms = self.confirms, {}
-        for future in confirms.values():
-            if not future.done():
-                future.set_exception(exc)
-        self.mandatory.clear()
-        self.mandatory_bodies.clear()
+        for record in confirms.values():
+            if not record.future.done():
+                record.future.set_exception(exc)
         self.returns.clear()
-        if self.consumer is not None:
-            self.consumer.channel_failed(exc)
-
-
-def describe_failure(exc: BaseException) -> str:
-    return str(exc) if isinstance(exc, LeveretError) else repr(exc)
+        consumer, self.consumer = self.consumer, None
+        if consumer is not None:
+            consumer.channel_failed(exc)

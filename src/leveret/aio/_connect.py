@@ -9,8 +9,8 @@ from types import TracebackType
 from typing import Any
 
 from leveret._url import ConnectionParameters, parse_url
+from leveret.aio._backoff import Backoff
 from leveret.aio._connection import Connection
-from leveret.exceptions import ConnectFailed
 
 __all__ = ["connect"]
 
@@ -60,28 +60,15 @@ def _parameters(
 class _Connecting:
     """What `connect()` returns: `await` it, or use it with `async with`."""
 
-    def __init__(self, candidates: list[ConnectionParameters], close_timeout: float) -> None:
+    def __init__(self, candidates: list[ConnectionParameters], options: dict[str, Any]) -> None:
         self._candidates = candidates
-        self._close_timeout = close_timeout
+        self._options = options
         self._connection: Connection | None = None
 
     async def _connect(self) -> Connection:
-        errors: list[str] = []
-        last: BaseException | None = None
-        for params in self._candidates:
-            connection = Connection(params, close_timeout=self._close_timeout)
-            try:
-                await connection._open()
-            except ConnectFailed as exc:
-                if type(exc) is not ConnectFailed:
-                    raise  # e.g. AuthenticationFailed: trying other hosts will not help
-                errors.append(str(exc))
-                last = exc
-                continue
-            return connection
-        if len(self._candidates) == 1 and last is not None:
-            raise last
-        raise ConnectFailed("could not connect to any broker: " + "; ".join(errors)) from last
+        connection = Connection(self._candidates, **self._options)
+        await connection._connect_first()
+        return connection
 
     def __await__(self) -> Generator[Any, None, Connection]:
         return self._connect().__await__()
@@ -108,12 +95,35 @@ def connect(
     ssl: ssl_module.SSLContext | bool | None = None,
     name: str | None = None,
     close_timeout: float = 5.0,
+    reconnect: bool = True,
+    backoff: Backoff | None = None,
+    publish_timeout: float | None = 60.0,
+    operation_timeout: float = 60.0,
 ) -> _Connecting:
     """Connect to RabbitMQ: `async with leveret.connect(url) as conn:` or `conn = await connect(url)`.
 
     `url` may be a list of URLs, tried in order. Keyword arguments override
     what the URL says. Everything is validated before any socket opens.
+
+    Once connected, a lost connection is re-established (unless
+    `reconnect=False`) with `backoff` between rounds over the URLs; the
+    declared topology and consumers are restored and unconfirmed publishes
+    sent again. `publish_timeout` bounds each `publish()` (None: no bound);
+    `operation_timeout` bounds how long other calls wait for a reconnect.
     """
+    for what, value in (("close_timeout", close_timeout), ("operation_timeout", operation_timeout)):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+            raise ValueError(f"{what} must be positive seconds, got {value!r}")
+    if publish_timeout is not None and (
+        not isinstance(publish_timeout, (int, float))
+        or isinstance(publish_timeout, bool)
+        or not publish_timeout > 0
+    ):
+        raise ValueError(
+            f"publish_timeout must be positive seconds or None, got {publish_timeout!r}"
+        )
+    if backoff is not None and not isinstance(backoff, Backoff):
+        raise TypeError(f"backoff must be a leveret.Backoff, got {type(backoff).__name__}")
     urls: Sequence[str | ConnectionParameters]
     urls = [url] if isinstance(url, (str, ConnectionParameters)) else list(url)
     if not urls:
@@ -124,4 +134,11 @@ def connect(
         )
         for u in urls
     ]
-    return _Connecting(candidates, close_timeout)
+    options: dict[str, Any] = {
+        "close_timeout": close_timeout,
+        "reconnect": bool(reconnect),
+        "backoff": backoff,
+        "publish_timeout": publish_timeout,
+        "operation_timeout": operation_timeout,
+    }
+    return _Connecting(candidates, options)

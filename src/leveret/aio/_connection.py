@@ -14,15 +14,27 @@ use one confirm-mode channel per exchange. Each consumer has its own channel.
 Errors surface where the caller awaits: a broker channel error raises on the
 call that caused it, and a lost connection raises on every pending and later
 call. Nothing is swallowed.
+
+Reconnection. Each TCP connection is a "link" (a fresh core, transport and
+set of channels, numbered by `_link_id`). When a link drops for a reason
+worth retrying (socket loss, missed heartbeats, a broker-forced close), the
+connection tears the link down, marks its channels dead (so acks of stale
+deliveries send nothing), keeps the unconfirmed publishes, and reconnects with
+backoff. On the new link it declares the recorded topology again, restarts
+every consumer, re-sends the kept publishes and only then lets waiting
+callers through. `close()` by the user never reconnects.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import itertools
 import logging
 import os
 import socket
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, TypeVar
@@ -32,19 +44,27 @@ from pamqp.base import Frame as PamqpMethod
 
 from leveret._properties import Properties
 from leveret._url import ConnectionParameters
-from leveret.aio._channel import ChannelHandle
+from leveret.aio._backoff import Backoff
+from leveret.aio._channel import ChannelHandle, Outgoing
 from leveret.aio._consumer import Consumer
 from leveret.aio._message import Message
 from leveret.aio._rpc import Handler, RpcClient, RpcServer
+from leveret.aio._topology import ExchangeRecord, QueueBindingRecord, QueueRecord, Topology
 from leveret.exceptions import (
     AuthenticationFailed,
     ChannelClosed,
+    ChannelClosedByServer,
     ConnectFailed,
+    ConnectionClosed,
     ConnectionClosedByClient,
+    ConnectionForced,
     ConnectionLost,
     HeartbeatTimeout,
+    InternalError,
     LeveretError,
     ProtocolError,
+    PublishTimeout,
+    ResourceLocked,
     channel_error,
     connection_error,
 )
@@ -85,6 +105,9 @@ _M = TypeVar("_M", bound=PamqpMethod)
 _POOL_LIMIT = 32  # idle synchronous-operation channels kept open
 _NAME_CACHE_LIMIT = 4096
 _consumer_numbers = itertools.count(1)
+# Link failures worth reconnecting after; anything else (a protocol error, an
+# auth or vhost problem, a close by the user) ends the connection.
+_RECOVERABLE = (ConnectionLost, ConnectionForced, InternalError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,36 +122,84 @@ class QueueInfo:
 class _Protocol(asyncio.Protocol):
     """Moves bytes between the socket and the Connection; nothing else."""
 
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: Connection, link: int) -> None:
         self._connection = connection
+        self._link = link  # bytes from an older link must never reach a newer core
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
-        self._connection._transport_ready(transport)
+        if self._link == self._connection._link_id:
+            self._connection._transport_ready(transport)
+        else:
+            transport.abort()
 
     def data_received(self, data: bytes) -> None:
-        self._connection._data_received(data)
+        if self._link == self._connection._link_id:
+            self._connection._data_received(data)
 
     def eof_received(self) -> bool:
         return False  # close the transport; connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._connection._transport_lost(exc)
+        self._connection._transport_lost(exc, self._link)
 
     def pause_writing(self) -> None:
-        self._connection._write_paused = True
+        if self._link == self._connection._link_id:
+            self._connection._write_paused = True
 
     def resume_writing(self) -> None:
-        self._connection._resume_writing()
+        if self._link == self._connection._link_id:
+            self._connection._resume_writing()
 
 
 class Connection:
     """An open AMQP connection. Get one with `leveret.connect(...)`."""
 
-    def __init__(self, params: ConnectionParameters, *, close_timeout: float = 5.0) -> None:
-        self.params = params
+    def __init__(
+        self,
+        candidates: ConnectionParameters | Sequence[ConnectionParameters],
+        *,
+        close_timeout: float = 5.0,
+        reconnect: bool = True,
+        backoff: Backoff | None = None,
+        publish_timeout: float | None = 60.0,
+        operation_timeout: float = 60.0,
+    ) -> None:
+        if isinstance(candidates, ConnectionParameters):
+            candidates = [candidates]
+        self._candidates = list(candidates)
         self.close_timeout = close_timeout
+        self.reconnect = reconnect
+        self.backoff = backoff or Backoff()
+        self.publish_timeout = publish_timeout
+        self.operation_timeout = operation_timeout
         self._loop = asyncio.get_running_loop()
+        self._closed: asyncio.Future[None] = self._loop.create_future()
+        self._error: BaseException | None = None  # terminal: the connection is done
+        self._closing = False
+        self._connected = asyncio.Event()
+        self._reconnecting = False
+        self._reconnect_task: asyncio.Task[None] | None = None
+        self._write_waiters: list[asyncio.Future[None]] = []
+        self._unblocked: asyncio.Event = asyncio.Event()
+        self._unblocked.set()
+        self._topology = Topology()
+        self._active_consumers: dict[Consumer, None] = {}  # an ordered set
+        self._republish: deque[Outgoing] = deque()
+        self._deadline_timer: asyncio.TimerHandle | None = None
+        self._deadlines: list[tuple[float, int, Outgoing]] = []  # a heap
+        self._deadline_order = itertools.count()
+        self._rpc_client: RpcClient | None = None
+        self._listeners: list[Callable[[str, BaseException | None], None]] = []
+        self._name_cache: dict[str, bytes] = {}
+        self._flush = self._schedule_flush
+        self._link_id = 0
+        self._new_link(self._candidates[0])
+
+    def _new_link(self, params: ConnectionParameters) -> None:
+        """Fresh per-link state: a new core, no transport, no channels."""
+        self._link_id += 1
+        self.params = params
         self._core = AMQPConnection(
             credentials=Credentials(params.username, params.password, params.auth_mechanism),
             virtual_host=params.virtual_host,
@@ -137,33 +208,59 @@ class Connection:
             channel_max=params.channel_max,
             connection_name=params.connection_name,
         )
+        self._link_error: BaseException | None = None  # why the current link ended
         self._transport: asyncio.Transport | None = None
         self._opened: asyncio.Future[None] = self._loop.create_future()
-        self._closed: asyncio.Future[None] = self._loop.create_future()
         self._socket_closed: asyncio.Future[None] = self._loop.create_future()
-        self._error: BaseException | None = None
-        self._closing = False
         self._flush_scheduled = False
         self._write_paused = False
-        self._write_waiters: list[asyncio.Future[None]] = []
-        self._unblocked: asyncio.Event = asyncio.Event()
-        self._unblocked.set()
         self._timer: asyncio.TimerHandle | None = None
         self._channels: dict[int, ChannelHandle] = {}
         self._idle_pool: list[ChannelHandle] = []
         self._publish_channels: dict[str, ChannelHandle] = {}
         self._publish_channel_opening: dict[str, asyncio.Task[ChannelHandle]] = {}
         self._get_channel: ChannelHandle | None = None
-        self._rpc_client: RpcClient | None = None
         self._secret_waiters: list[asyncio.Future[None]] = []
         self._consumers: dict[tuple[int, str], Consumer] = {}
-        self._name_cache: dict[str, bytes] = {}
-        self._flush = self._schedule_flush
+        self._unblocked.set()
 
     # -- opening -----------------------------------------------------------------------
 
-    async def _open(self) -> None:
-        params = self.params
+    async def _connect_first(self) -> None:
+        """The initial connect: each URL once, in order (reconnection starts after this)."""
+        errors: list[str] = []
+        last: BaseException | None = None
+        for index, params in enumerate(self._candidates):
+            try:
+                await self._open_link(params)
+            except ConnectFailed as exc:
+                if type(exc) is not ConnectFailed:
+                    self._finish(exc)
+                    raise  # e.g. AuthenticationFailed: trying other hosts will not help
+                errors.append(str(exc))
+                last = exc
+                continue
+            except BaseException as exc:
+                self._finish(
+                    exc if isinstance(exc, LeveretError) else ConnectionClosedByClient(str(exc))
+                )
+                raise
+            self._candidates = self._candidates[index:] + self._candidates[:index]
+            self._connected.set()
+            return
+        failure: BaseException
+        if len(self._candidates) == 1 and last is not None:
+            failure = last
+        else:
+            failure = ConnectFailed("could not connect to any broker: " + "; ".join(errors))
+            failure.__cause__ = last
+        self._finish(failure)
+        raise failure
+
+    async def _open_link(self, params: ConnectionParameters) -> None:
+        """Open one TCP/TLS connection and run the AMQP handshake on a fresh link."""
+        self._new_link(params)
+        link = self._link_id
         try:
             ssl_context = params.make_ssl_context()
         except OSError as exc:  # ssl.SSLError too: a missing or bad cafile, certfile or keyfile
@@ -171,13 +268,13 @@ class Connection:
                 f"could not connect to {params.display()}: cannot load the TLS files "
                 f"(cafile, certfile, keyfile): {exc}"
             )
-            self._abort(failure)
+            self._teardown_link(failure)
             raise failure from exc
         transport: asyncio.Transport | None = None
         try:
             async with asyncio.timeout(params.connection_timeout):
                 transport, _protocol = await self._loop.create_connection(
-                    lambda: _Protocol(self),
+                    lambda: _Protocol(self, link),
                     params.host,
                     params.port,
                     ssl=ssl_context,
@@ -187,18 +284,18 @@ class Connection:
                 )
                 await asyncio.shield(self._opened)
         except TimeoutError:
-            self._abort(ConnectFailed(f"timed out after {params.connection_timeout}s"))
+            self._teardown_link(ConnectFailed(f"timed out after {params.connection_timeout}s"))
             raise ConnectFailed(
                 f"could not connect to {params.display()}: no AMQP handshake within "
                 f"{params.connection_timeout}s"
             ) from None
         except OSError as exc:  # ssl.SSLError included: TLS handshake failures
-            self._abort(ConnectFailed(str(exc)))
+            self._teardown_link(ConnectFailed(str(exc)))
             raise ConnectFailed(params.connect_error_message(exc)) from exc
         except ConnectionLost as exc:
             # With TLS 1.3 the broker verifies the client certificate after the client's
             # side of the handshake is done: its alert arrives as a lost connection.
-            self._abort(exc)
+            self._teardown_link(exc)
             hint = (
                 "; the broker may have refused the TLS client certificate"
                 if params.certfile
@@ -209,7 +306,7 @@ class Connection:
                 f"{hint}): {exc}"
             ) from None
         except AuthenticationFailed as exc:
-            self._abort(exc)
+            self._teardown_link(exc)
             if params.auth_mechanism != "EXTERNAL":
                 raise
             text = str(exc)
@@ -225,7 +322,7 @@ class Connection:
                 f"{params.display()} refused the SASL EXTERNAL login: {why} ({reply})"
             ) from None
         except ProtocolError as exc:
-            self._abort(exc)
+            self._teardown_link(exc)
             if params.auth_mechanism == "EXTERNAL" and exc.reply_code == 530:
                 raise AuthenticationFailed(
                     f"could not log in to {params.display()}: {exc}; EXTERNAL needs amqps:// and "
@@ -233,13 +330,13 @@ class Connection:
                 ) from None
             raise
         except LeveretError:
-            self._abort(ConnectionClosedByClient("handshake failed"))
+            self._teardown_link(ConnectionClosedByClient("handshake failed"))
             raise
         except asyncio.CancelledError:
-            self._abort(ConnectionClosedByClient("connect() was cancelled"))
+            self._teardown_link(ConnectionClosedByClient("connect() was cancelled"))
             raise
         finally:
-            if self._error is not None and transport is not None:
+            if self._link_error is not None and transport is not None:
                 # A graceful close would start a TLS shutdown that outlives connect() (and
                 # maybe the event loop, leaking the socket); just drop a failed connection.
                 transport.abort()
@@ -289,7 +386,7 @@ class Connection:
         except ProtocolError as exc:
             log.error("leveret: protocol error from %s: %s", self.params.display(), exc)
             self._flush_now()
-            self._abort(exc)
+            self._link_failed(exc)
             return
         consumers = self._consumers
         channels = self._channels
@@ -353,7 +450,7 @@ class Connection:
         elif isinstance(event, CoreConnectionClosed):
             self._on_connection_closed(event)
         elif isinstance(event, HeartbeatTimedOut):
-            self._abort(
+            self._link_failed(
                 HeartbeatTimeout(
                     f"no data from {self.params.display()} for {event.silent_for:.1f}s "
                     f"(heartbeat {self._core.heartbeat}s)"
@@ -403,7 +500,7 @@ class Connection:
 
     def _on_connection_closed(self, event: CoreConnectionClosed) -> None:
         if not event.by_server:
-            self._abort(ConnectionClosedByClient("the connection was closed by the client"))
+            self._link_failed(ConnectionClosedByClient("the connection was closed by the client"))
             return
         exc: BaseException
         if event.during_handshake and event.reply_code == 403:
@@ -417,21 +514,46 @@ class Connection:
             )
         log.warning("leveret: broker closed the connection: %s", exc)
         self._flush_now()  # the close-ok
-        self._abort(exc)
+        self._link_failed(exc)
 
-    def _transport_lost(self, exc: Exception | None) -> None:
+    def _transport_lost(self, exc: Exception | None, link: int) -> None:
+        if link != self._link_id:
+            return  # an older link's socket finally closed
         self._transport = None
         if not self._socket_closed.done():
             self._socket_closed.set_result(None)
-        if self._error is None:
+        if self._link_error is None:
             reason = f": {exc}" if exc else ""
-            self._abort(ConnectionLost(f"connection to {self.params.display()} lost{reason}"))
+            self._link_failed(ConnectionLost(f"connection to {self.params.display()} lost{reason}"))
 
-    def _abort(self, exc: BaseException) -> None:
-        """End the connection with `exc`: fail every waiter, close the socket."""
-        if self._error is None:
-            self._error = exc
-        exc = self._error
+    def _link_failed(self, exc: BaseException) -> None:
+        """The current link ended: reconnect if that is wanted and worth it, else finish."""
+        if self._link_error is not None:
+            return
+        recover = (
+            self.reconnect
+            and not self._closing
+            and self._error is None
+            and self._connected.is_set()
+            and isinstance(exc, _RECOVERABLE)
+        )
+        self._teardown_link(exc, recovering=recover or self._reconnecting)
+        if recover:
+            log.warning(
+                "leveret: lost the connection to %s (%s); reconnecting", self.params.display(), exc
+            )
+            self._connected.clear()
+            self._reconnecting = True
+            self._notify("disconnected", exc)
+            self._reconnect_task = asyncio.ensure_future(self._reconnect(exc))
+        elif not self._reconnecting and self._connected.is_set():
+            self._finish(exc)
+
+    def _teardown_link(self, exc: BaseException, recovering: bool = False) -> None:
+        """Close this link's socket and fail its channels; keep publishes when recovering."""
+        if self._link_error is not None:
+            return
+        self._link_error = exc
         self._core.connection_lost()
         if self._timer is not None:
             self._timer.cancel()
@@ -449,15 +571,196 @@ class Connection:
                 future.set_exception(exc)
                 future.exception()
         channels, self._channels = self._channels, {}
+        publishers = list(self._publish_channels.values())
         self._idle_pool.clear()
         self._publish_channels.clear()
         self._consumers.clear()
+        self._get_channel = None
+        if recovering:
+            for channel in publishers:
+                self._republish.extend(channel.take_unconfirmed())
+            for channel in channels.values():
+                consumer, channel.consumer = channel.consumer, None
+                if consumer is not None:
+                    consumer.link_lost()
         for channel in channels.values():
             channel.fail(exc)
         self._unblocked.set()
         self._resume_writing()
+
+    def _finish(self, exc: BaseException) -> None:
+        """The connection is over for good: fail everything that still waits."""
+        if self._error is not None:
+            return
+        self._error = exc
+        self._teardown_link(exc)
+        task = self._reconnect_task
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+        self._reconnecting = False
+        records, self._republish = self._republish, deque()
+        for record in records:
+            if not record.future.done():
+                record.future.set_exception(exc)
+        for consumer in list(self._active_consumers):
+            consumer.channel_failed(exc)
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
+        self._connected.set()  # wake every waiter: each then sees the error
         if not self._closed.done():
             self._closed.set_result(None)
+        self._notify("closed", None if isinstance(exc, ConnectionClosedByClient) else exc)
+
+    # -- reconnection -------------------------------------------------------------------------
+
+    async def _reconnect(self, cause: BaseException) -> None:
+        """Try the URLs in turn, with backoff between rounds, until a link is up and recovered."""
+        last = cause
+        started = self._loop.time()
+        attempts = 0
+        try:
+            for delay in self.backoff.delays():
+                await asyncio.sleep(delay)
+                for params in list(self._candidates):
+                    attempts += 1
+                    try:
+                        await self._open_link(params)
+                        await self._recover()
+                    except (LeveretError, OSError, TimeoutError) as exc:
+                        last = exc
+                        log.info(
+                            "leveret: reconnect attempt %d to %s failed: %s",
+                            attempts,
+                            params.display(),
+                            exc,
+                        )
+                        self._teardown_link(exc)
+                        continue
+                    self._reconnecting = False
+                    self._connected.set()
+                    log.warning(
+                        "leveret: reconnected to %s after %.1fs (%d attempts)",
+                        params.display(),
+                        self._loop.time() - started,
+                        attempts,
+                    )
+                    self._notify("reconnected", None)
+                    return
+            self._reconnecting = False
+            self._finish(
+                ConnectionLost(
+                    f"gave up reconnecting after {attempts} attempts; last error: {last}"
+                )
+            )
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # a bug: never leave callers waiting on it
+            log.exception("leveret: reconnection failed")
+            self._reconnecting = False
+            self._finish(exc)
+
+    async def _recover(self) -> None:
+        """Declare the recorded topology again, restart consumers, re-send unconfirmed publishes."""
+        topology = self._topology
+        for exchange in list(topology.exchanges.values()):
+            await self._replay(
+                f"exchange {exchange.name!r}",
+                _command(
+                    commands.Exchange.Declare,
+                    exchange=exchange.name,
+                    exchange_type=exchange.type,
+                    durable=exchange.durable,
+                    auto_delete=exchange.auto_delete,
+                    internal=exchange.internal,
+                    arguments=exchange.arguments,
+                ),
+            )
+        renamed: dict[str, str] = {}
+        for queue in list(topology.queues.values()):
+            reply = await self._replay(
+                f"queue {queue.name!r}",
+                _command(
+                    commands.Queue.Declare,
+                    queue="" if queue.server_named else queue.name,
+                    durable=queue.durable,
+                    exclusive=queue.exclusive,
+                    auto_delete=queue.auto_delete,
+                    arguments=queue.arguments,
+                ),
+            )
+            if reply is not None and queue.server_named and reply.queue != queue.name:
+                renamed[queue.name] = reply.queue
+                topology.rename_queue(queue.name, reply.queue)
+        for binding in list(topology.bindings.values()):
+            command = commands.Exchange.Bind if binding.to_exchange else commands.Queue.Bind
+            fields: dict[str, Any] = (
+                {"destination": binding.destination, "source": binding.source}
+                if binding.to_exchange
+                else {"queue": binding.destination, "exchange": binding.source}
+            )
+            await self._replay(
+                f"binding {binding.source!r} -> {binding.destination!r}",
+                _command(
+                    command, routing_key=binding.routing_key, arguments=binding.arguments, **fields
+                ),
+            )
+        for consumer in list(self._active_consumers):
+            if not consumer.active:
+                continue
+            consumer.queue = renamed.get(consumer.queue, consumer.queue)
+            try:
+                await self._start_consumer(consumer, recovering=True)
+            except ChannelClosedByServer as exc:
+                log.error("leveret: could not restart the consumer on %r: %s", consumer.queue, exc)
+                consumer.channel_failed(exc)
+        while self._republish:
+            record = self._republish.popleft()
+            if record.future.done():
+                continue
+            try:
+                channel = await self._publish_channel(record.exchange)
+            except ChannelClosedByServer as exc:
+                record.future.set_exception(exc)
+                continue
+            except BaseException:
+                self._republish.appendleft(record)
+                raise
+            self._send(channel, record)
+
+    async def _replay(self, what: str, method: PamqpMethod) -> Any:
+        """One recovery declaration; a broker refusal is reported and skipped, 405 retried."""
+        deadline = self._loop.time() + max(self.operation_timeout, 1.0)
+        delay = 0.1
+        while True:
+            try:
+                return await self._rpc(method, recovering=True)
+            except ResourceLocked as exc:
+                # The broker has not yet noticed the old connection died and still
+                # holds its exclusive queue: wait for its clean-up, then try again.
+                if self._loop.time() + delay > deadline:
+                    log.error("leveret: could not recover %s: %s", what, exc)
+                    return None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+            except ChannelClosedByServer as exc:
+                log.error("leveret: could not recover %s: %s", what, exc)
+                return None
+
+    def _notify(self, state: str, error: BaseException | None) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(state, error)
+            except Exception:
+                log.exception("leveret: a connection state listener raised")
+
+    def add_listener(self, listener: Callable[[str, BaseException | None], None]) -> None:
+        """Call `listener(state, error)` on "disconnected", "reconnected" and "closed"."""
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Callable[[str, BaseException | None], None]) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
 
     # -- heartbeats ------------------------------------------------------------------------
 
@@ -470,11 +773,11 @@ class Connection:
 
     def _on_timer(self) -> None:
         self._timer = None
-        if self._error is not None:
+        if self._link_error is not None:
             return
         for event in self._core.handle_timer(self._loop.time()):
             self._on_event(event)
-        if self._error is None:
+        if self._link_error is None:
             self._flush_now()
             self._arm_timer()
 
@@ -482,7 +785,21 @@ class Connection:
 
     @property
     def is_closed(self) -> bool:
+        """True once the connection is over for good (closed, or gave up reconnecting)."""
         return self._error is not None
+
+    @property
+    def is_connected(self) -> bool:
+        """True while a link is up and recovered; False while reconnecting or closed."""
+        return self._error is None and self._connected.is_set()
+
+    async def wait_connected(self, timeout: float | None = None) -> None:
+        """Return once connected (at once if already); raises if the connection is over."""
+        if timeout is None:
+            await self._wait_connected(None)
+        else:
+            async with asyncio.timeout(timeout):
+                await self._wait_connected(None)
 
     @property
     def is_blocked(self) -> bool:
@@ -508,6 +825,21 @@ class Connection:
         if self._closing:
             raise ConnectionClosedByClient("the connection is closing")
 
+    async def _wait_connected(self, limit: float | None = -1.0) -> None:
+        """Wait while reconnecting (bounded by `operation_timeout` unless told otherwise)."""
+        self._check_usable()
+        if self._connected.is_set():
+            return
+        bound = self.operation_timeout if limit == -1.0 else limit
+        try:
+            async with asyncio.timeout(bound):
+                await self._connected.wait()
+        except TimeoutError:
+            raise ConnectionLost(
+                f"not reconnected to {self.params.display()} within {bound}s"
+            ) from None
+        self._check_usable()
+
     async def wait_closed(self) -> BaseException | None:
         """Wait until the connection ends; returns why (None after a clean user close)."""
         await asyncio.shield(self._closed)
@@ -515,8 +847,11 @@ class Connection:
 
     # -- channels --------------------------------------------------------------------------------
 
-    async def _open_channel(self) -> ChannelHandle:
-        self._check_usable()
+    async def _open_channel(self, recovering: bool = False) -> ChannelHandle:
+        if not recovering:
+            await self._wait_connected()
+        elif self._link_error is not None:
+            raise self._link_error.with_traceback(None)
         channel_id = self._core.open_channel()
         channel = ChannelHandle(channel_id, self._loop.create_future())
         self._channels[channel_id] = channel
@@ -534,11 +869,12 @@ class Connection:
         self._schedule_flush()
         return await future
 
-    async def _rpc(self, method: PamqpMethod) -> Any:
+    async def _rpc(self, method: PamqpMethod, recovering: bool = False) -> Any:
         """One synchronous method on a pool channel; its error fails this call only."""
-        self._check_usable()
+        if not recovering:
+            await self._wait_connected()
         pool = self._idle_pool
-        channel = pool.pop() if pool else await self._open_channel()
+        channel = pool.pop() if pool else await self._open_channel(recovering)
         future: asyncio.Future[Any] = self._loop.create_future()
         channel.waiters.append(future)
         self._core.call(channel.id, method)
@@ -569,7 +905,7 @@ class Connection:
 
     async def _close_channel(self, channel: ChannelHandle) -> None:
         """Close a channel and wait (bounded) for its close-ok, so its consumer has really stopped."""
-        if channel.closed is not None or self._error is not None:
+        if channel.closed is not None or self._link_error is not None:
             return
         self._core.close_channel(channel.id)
         self._schedule_flush()
@@ -604,6 +940,10 @@ class Connection:
                 arguments=arguments,
             )
         )
+        if not passive:
+            self._topology.record_queue(
+                QueueRecord(reply.queue, not name, durable, exclusive, auto_delete, arguments)
+            )
         return QueueInfo(reply.queue, reply.message_count, reply.consumer_count)
 
     async def delete_queue(
@@ -614,6 +954,7 @@ class Connection:
         reply = await self._rpc(
             _command(commands.Queue.Delete, queue=name, if_unused=if_unused, if_empty=if_empty)
         )
+        self._topology.forget_queue(name)
         return int(reply.message_count)
 
     async def purge_queue(self, name: str) -> int:
@@ -642,6 +983,7 @@ class Connection:
                 arguments=arguments,
             )
         )
+        self._topology.record_binding(QueueBindingRecord(queue, exchange, routing_key, arguments))
 
     async def unbind_queue(
         self,
@@ -663,6 +1005,7 @@ class Connection:
                 arguments=arguments,
             )
         )
+        self._topology.forget_binding(queue, exchange, routing_key, arguments, False)
 
     async def declare_exchange(
         self,
@@ -691,10 +1034,15 @@ class Connection:
                 arguments=arguments,
             )
         )
+        if not passive:
+            self._topology.record_exchange(
+                ExchangeRecord(name, type, durable, auto_delete, internal, arguments)
+            )
 
     async def delete_exchange(self, name: str, *, if_unused: bool = False) -> None:
         _check_name(name, "exchange name")
         await self._rpc(_command(commands.Exchange.Delete, exchange=name, if_unused=if_unused))
+        self._topology.forget_exchange(name)
 
     async def bind_exchange(
         self,
@@ -717,6 +1065,9 @@ class Connection:
                 arguments=arguments,
             )
         )
+        self._topology.record_binding(
+            QueueBindingRecord(destination, source, routing_key, arguments, to_exchange=True)
+        )
 
     async def unbind_exchange(
         self,
@@ -738,6 +1089,7 @@ class Connection:
                 arguments=arguments,
             )
         )
+        self._topology.forget_binding(destination, source, routing_key, arguments, True)
 
     # -- publishing ---------------------------------------------------------------------------------
 
@@ -770,8 +1122,11 @@ class Connection:
         Raises PublishNacked when the broker refuses the message,
         MessageReturned when `mandatory` and no queue took it, the channel
         error (e.g. NotFound for a missing exchange) or the connection error.
-        `timeout` bounds the whole wait (TimeoutError); the message may still
-        have been delivered when it fires.
+        If the connection drops before the confirm, the message is sent again
+        on the next connection (so it may arrive twice, flagged by nothing:
+        make consumers idempotent). `timeout` (default: the connection's
+        `publish_timeout`) bounds the whole wait, reconnection included, and
+        raises PublishTimeout; the message may still arrive after it fired.
         """
         if type(body) is not bytes:
             if not isinstance(body, (bytearray, memoryview)):
@@ -791,62 +1146,119 @@ class Connection:
                 f"properties must be leveret.Properties, got {type(properties).__name__}"
             )
         if timeout is None:
-            await self._publish(
-                exchange,
-                exchange_bytes,
-                routing_key,
-                routing_key_bytes,
-                body,
-                properties_bytes,
-                mandatory,
-            )
-        else:
-            async with asyncio.timeout(timeout):
-                await self._publish(
-                    exchange,
-                    exchange_bytes,
-                    routing_key,
-                    routing_key_bytes,
-                    body,
-                    properties_bytes,
-                    mandatory,
-                )
-
-    async def _publish(
-        self,
-        exchange: str,
-        exchange_bytes: bytes,
-        routing_key: str,
-        routing_key_bytes: bytes,
-        body: bytes,
-        properties_bytes: bytes,
-        mandatory: bool,
-    ) -> None:
-        if self._error is not None or self._closing:
-            self._check_usable()
-        channel = self._publish_channels.get(exchange)
-        if channel is None:
-            channel = await self._publish_channel(exchange)
-        if self._write_paused:
-            await self._wait_writable()
-        if not self._unblocked.is_set():
-            await self._unblocked.wait()
-            self._check_usable()
-        if channel.closed is not None:
-            raise channel.closed.with_traceback(None)
-        seq = self._core.publish(
-            channel.id, exchange_bytes, routing_key_bytes, body, properties_bytes, mandatory
-        )
+            timeout = self.publish_timeout
+        elif not timeout > 0:
+            raise ValueError(f"timeout must be positive seconds, got {timeout!r}")
+        deadline = None if timeout is None else self._loop.time() + timeout
         future: asyncio.Future[None] = self._loop.create_future()
-        channel.confirms[seq] = future
+        record = Outgoing(
+            future,
+            exchange,
+            exchange_bytes,
+            routing_key,
+            routing_key_bytes,
+            body,
+            properties_bytes,
+            mandatory,
+        )
+        channel = self._publish_channels.get(exchange)
+        if (
+            channel is not None
+            and self._link_error is None
+            and not self._write_paused
+            and self._unblocked.is_set()
+            and not self._closing
+        ):
+            self._send(channel, record)  # the fast path: nothing to wait for
+        else:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self._send_when_possible(record)
+            except TimeoutError:
+                raise PublishTimeout(
+                    f"publish to exchange {exchange!r} with routing key {routing_key!r} not "
+                    f"sent within {timeout}s ({self._waiting_for()})"
+                ) from None
+        if deadline is not None:
+            self._watch_deadline(record, deadline)
+        await future
+
+    def _waiting_for(self) -> str:
+        if not self._connected.is_set():
+            return "reconnecting"
+        if not self._unblocked.is_set():
+            return "the broker blocked publishing (a resource alarm)"
+        return "waiting for the socket to drain"
+
+    async def _send_when_possible(self, record: Outgoing) -> None:
+        """The slow path: wait for a link, a publish channel, an unblocked broker, a drained socket."""
+        while True:
+            if not self._connected.is_set() or self._error is not None or self._closing:
+                await self._wait_connected(None)
+            try:
+                channel = self._publish_channels.get(record.exchange)
+                if channel is None:
+                    channel = await self._publish_channel(record.exchange)
+            except ConnectionClosed:
+                if self._error is not None or not self._reconnecting:
+                    raise
+                continue  # the link dropped while opening the channel: wait for the next
+            if self._write_paused:
+                await self._wait_writable()
+            if not self._unblocked.is_set():
+                await self._unblocked.wait()
+            if channel.closed is None and self._link_error is None:
+                self._send(channel, record)
+                return
+
+    def _send(self, channel: ChannelHandle, record: Outgoing) -> None:
+        seq = self._core.publish(
+            channel.id,
+            record.exchange_bytes,
+            record.routing_key_bytes,
+            record.body,
+            record.properties,
+            record.mandatory,
+        )
+        channel.confirms[seq] = record
         channel.confirm_high = seq
-        if mandatory:
-            channel.mandatory[seq] = (exchange, routing_key)
-            channel.mandatory_bodies[seq] = body
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush_now)
-        await future
+
+    def _watch_deadline(self, record: Outgoing, deadline: float) -> None:
+        """Fail the publish with PublishTimeout at its deadline, even mid-reconnect.
+
+        One timer per connection sweeps a heap of deadlines, so a publish
+        costs a heap push, not a timer handle of its own.
+        """
+        heapq.heappush(self._deadlines, (deadline, next(self._deadline_order), record))
+        timer = self._deadline_timer
+        if timer is None or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._deadline_timer = self._loop.call_at(deadline, self._expire_publishes)
+
+    def _expire_publishes(self) -> None:
+        self._deadline_timer = None
+        now = self._loop.time()
+        deadlines = self._deadlines
+        while deadlines:
+            deadline, _, record = deadlines[0]
+            if record.future.done():
+                heapq.heappop(deadlines)
+                continue
+            if deadline > now:
+                self._deadline_timer = self._loop.call_at(deadline, self._expire_publishes)
+                return
+            heapq.heappop(deadlines)
+            record.future.set_exception(
+                PublishTimeout(
+                    f"no confirm for the publish to exchange {record.exchange!r} with routing "
+                    f"key {record.routing_key!r} before its deadline ({self._waiting_for()}); "
+                    "the message may still arrive"
+                )
+            )
 
     async def _publish_channel(self, exchange: str) -> ChannelHandle:
         task = self._publish_channel_opening.get(exchange)
@@ -857,7 +1269,7 @@ class Connection:
         return await asyncio.shield(task)
 
     async def _open_publish_channel(self, exchange: str) -> ChannelHandle:
-        channel = await self._open_channel()
+        channel = await self._open_channel(recovering=True)
         await self._channel_call(channel, commands.Confirm.Select())
         self._publish_channels[exchange] = channel
         return channel
@@ -901,8 +1313,8 @@ class Connection:
             consumer_tag=consumer_tag,
         )
 
-    async def _start_consumer(self, consumer: Consumer) -> None:
-        channel = await self._open_channel()
+    async def _start_consumer(self, consumer: Consumer, recovering: bool = False) -> None:
+        channel = await self._open_channel(recovering)
         try:
             if not consumer.no_ack:
                 await self._channel_call(
@@ -923,10 +1335,16 @@ class Connection:
             )
         except BaseException:
             self._consumers.pop((channel.id, consumer.consumer_tag), None)
-            if channel.closed is None and self._error is None:
+            if channel.closed is None and self._link_error is None:
                 self._core.close_channel(channel.id)
                 self._schedule_flush()
             raise
+
+    def _remember_consumer(self, consumer: Consumer) -> None:
+        self._active_consumers[consumer] = None
+
+    def _forget_consumer(self, consumer: Consumer) -> None:
+        self._active_consumers.pop(consumer, None)
 
     async def get(self, queue: str, *, no_ack: bool = False) -> Message | None:
         """basic.get: one message from `queue`, or None when it is empty.
@@ -935,7 +1353,7 @@ class Connection:
         cannot make a fetched but unacked message stale.
         """
         _check_name(queue, "queue name")
-        self._check_usable()
+        await self._wait_connected()
         channel = self._get_channel
         if channel is None or channel.closed is not None:
             channel = self._get_channel = await self._open_channel()
@@ -946,7 +1364,7 @@ class Connection:
         except asyncio.CancelledError:
             # The reply may still come and would hold a message unacked: drop the channel.
             self._get_channel = None
-            if channel.closed is None and self._error is None:
+            if channel.closed is None and self._link_error is None:
                 self._core.close_channel(channel.id)
                 self._schedule_flush()
             raise
@@ -1003,7 +1421,7 @@ class Connection:
         """
         if not isinstance(new_secret, str):
             raise TypeError(f"new_secret must be a str, got {type(new_secret).__name__}")
-        self._check_usable()
+        await self._wait_connected()
         waiter: asyncio.Future[None] = self._loop.create_future()
         self._secret_waiters.append(waiter)
         self._core.update_secret(new_secret, reason)
@@ -1013,28 +1431,39 @@ class Connection:
     async def close(self) -> None:
         """Close gracefully: wait (bounded) for pending confirms, then connection.close.
 
-        Idempotent. Bounded by `close_timeout`: if the broker does not answer
-        (e.g. it is blocked), the socket is aborted.
+        Idempotent, and never followed by a reconnect. Bounded by
+        `close_timeout`: if the broker does not answer (e.g. it is blocked),
+        the socket is aborted. Publishes still waiting to be re-sent after a
+        lost connection fail with ConnectionClosedByClient.
         """
         if self._error is not None or self._closing:
             await asyncio.shield(self._closed)
             return
         self._closing = True
+        task = self._reconnect_task
+        if task is not None and not task.done():
+            task.cancel()
+        closed_by_client = ConnectionClosedByClient("the connection was closed by the client")
         transport = self._transport
-        try:
-            async with asyncio.timeout(self.close_timeout):
-                pending = [
-                    f for ch in self._publish_channels.values() for f in ch.confirms.values()
-                ]
-                if pending:
-                    await asyncio.wait(pending)
-                self._core.close(200, "Normal shutdown")
-                self._flush_now()
-                await asyncio.shield(self._closed)
-        except TimeoutError:
-            log.warning("leveret: no close-ok within %ss; aborting the socket", self.close_timeout)
-        finally:
-            self._abort(ConnectionClosedByClient("the connection was closed by the client"))
+        if self._connected.is_set() and self._link_error is None:
+            try:
+                async with asyncio.timeout(self.close_timeout):
+                    pending = [
+                        record.future
+                        for channel in self._publish_channels.values()
+                        for record in channel.confirms.values()
+                    ]
+                    if pending:
+                        await asyncio.wait(pending)
+                    if self._link_error is None:
+                        self._core.close(200, "Normal shutdown")
+                        self._flush_now()
+                        await asyncio.shield(self._closed)
+            except TimeoutError:
+                log.warning(
+                    "leveret: no close-ok within %ss; aborting the socket", self.close_timeout
+                )
+        self._finish(closed_by_client)
         if transport is not None:
             # With TLS, transport.close() starts a shutdown handshake: wait for the socket
             # to really close, or a loop that ends right after close() leaks it.
@@ -1056,7 +1485,13 @@ class Connection:
         await self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._error is not None else "open"
+        state = (
+            "closed"
+            if self._error is not None
+            else "open"
+            if self._connected.is_set()
+            else "reconnecting"
+        )
         return f"<leveret.Connection {self.params.display()} {state}>"
 
 

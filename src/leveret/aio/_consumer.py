@@ -68,12 +68,14 @@ class Consumer:
     def _attach(self, channel: ChannelHandle) -> None:
         self._channel = channel
         channel.consumer = self
+        self._connection._remember_consumer(self)
 
     async def close(self) -> None:
         """Stop consuming; unacked messages go back to the queue. Never raises for stale state."""
         if self._closed:
             return
         self._closed = True
+        self._connection._forget_consumer(self)
         self._buffer.clear()
         self._wake()
         if self._starting is not None and not self._starting.done():
@@ -141,9 +143,26 @@ class Consumer:
     def channel_failed(self, exc: BaseException) -> None:
         # Deliveries not yet handed out are stale: the broker requeues them.
         self._buffer.clear()
+        self._channel = None
         if self._error is None:
             self._error = exc
+        self._connection._forget_consumer(self)
         self._wake()
+
+    def link_lost(self) -> None:
+        """The connection dropped and will be re-established: wait for the new channel.
+
+        Buffered deliveries are stale (the broker requeues them and will send
+        them again, flagged redelivered); messages already handed out answer
+        False to ack(). Iteration simply carries on after recovery.
+        """
+        self._buffer.clear()
+        self._channel = None
+
+    @property
+    def active(self) -> bool:
+        """Still wanted: not closed by the user, not ended by an error."""
+        return not self._closed and self._error is None
 
     def _wake(self) -> None:
         waiter = self._waiter

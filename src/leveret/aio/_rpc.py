@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from pamqp import commands
 
 from leveret._properties import Properties
+from leveret.aio._channel import Outgoing
 from leveret.aio._consumer import Consumer
 from leveret.aio._message import Message
 from leveret.exceptions import LeveretError, RemoteError, RPCTimeout
@@ -138,8 +139,19 @@ class RpcClient:
                     channel.id, exchange_bytes, routing_key_bytes, body, properties_bytes, True
                 )
                 confirm: asyncio.Future[None] = loop.create_future()
-                channel.add_confirm(seq, confirm)
-                channel.mandatory[seq] = (exchange, routing_key)
+                channel.add_confirm(
+                    seq,
+                    Outgoing(
+                        confirm,
+                        exchange,
+                        exchange_bytes,
+                        routing_key,
+                        routing_key_bytes,
+                        body,
+                        properties_bytes,
+                        True,
+                    ),
+                )
                 confirm.add_done_callback(lambda f: _fail_on_refusal(f, reply))
                 connection._schedule_flush()
                 message = await reply
