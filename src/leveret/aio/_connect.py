@@ -99,6 +99,7 @@ def connect(
     backoff: Backoff | None = None,
     publish_timeout: float | None = 60.0,
     operation_timeout: float = 60.0,
+    separate_publisher: bool = True,
 ) -> _Connecting:
     """Connect to RabbitMQ: `async with leveret.connect(url) as conn:` or `conn = await connect(url)`.
 
@@ -110,6 +111,9 @@ def connect(
     declared topology and consumers are restored and unconfirmed publishes
     sent again. `publish_timeout` bounds each `publish()` (None: no bound);
     `operation_timeout` bounds how long other calls wait for a reconnect.
+    With `separate_publisher` (the default), publishes use a second
+    connection, opened on the first publish, so that a broker that blocks
+    publishers (a memory or disk alarm) never stops consumers from acking.
     """
     for what, value in (("close_timeout", close_timeout), ("operation_timeout", operation_timeout)):
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
@@ -140,5 +144,6 @@ def connect(
         "backoff": backoff,
         "publish_timeout": publish_timeout,
         "operation_timeout": operation_timeout,
+        "separate_publisher": bool(separate_publisher),
     }
     return _Connecting(candidates, options)

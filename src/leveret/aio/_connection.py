@@ -164,6 +164,7 @@ class Connection:
         backoff: Backoff | None = None,
         publish_timeout: float | None = 60.0,
         operation_timeout: float = 60.0,
+        separate_publisher: bool = True,
     ) -> None:
         if isinstance(candidates, ConnectionParameters):
             candidates = [candidates]
@@ -193,6 +194,13 @@ class Connection:
         self._listeners: list[Callable[[str, BaseException | None], None]] = []
         self._name_cache: dict[str, bytes] = {}
         self._flush = self._schedule_flush
+        # Publishes go through a second connection of their own (opened on first
+        # use), so that a broker blocking publishers never stalls consumers' acks.
+        self._separate_publisher = separate_publisher
+        self._publisher: Connection | None = None
+        self._publisher_opening: asyncio.Task[Connection] | None = None
+        self._publisher_closing: asyncio.Future[None] | None = None
+        self._recovery_gate: asyncio.Event | None = None  # the publisher waits for topology
         self._link_id = 0
         self._new_link(self._candidates[0])
 
@@ -607,6 +615,9 @@ class Connection:
         if self._deadline_timer is not None:
             self._deadline_timer.cancel()
             self._deadline_timer = None
+        publisher = self._publisher
+        if publisher is not None and not publisher._closing and publisher._error is None:
+            self._publisher_closing = asyncio.ensure_future(publisher.close())
         self._connected.set()  # wake every waiter: each then sees the error
         if not self._closed.done():
             self._closed.set_result(None)
@@ -714,6 +725,12 @@ class Connection:
             except ChannelClosedByServer as exc:
                 log.error("leveret: could not restart the consumer on %r: %s", consumer.queue, exc)
                 consumer.channel_failed(exc)
+        if self._recovery_gate is not None and self._republish:
+            # A publisher connection re-sends only once the main connection has
+            # declared the topology again, or the re-sent messages could hit a
+            # missing exchange.
+            async with asyncio.timeout(self.operation_timeout):
+                await self._recovery_gate.wait()
         while self._republish:
             record = self._republish.popleft()
             if record.future.done():
@@ -804,6 +821,8 @@ class Connection:
     @property
     def is_blocked(self) -> bool:
         """True while the broker has blocked publishing (a memory or disk alarm)."""
+        if self._publisher is not None:
+            return self._publisher.is_blocked
         return not self._unblocked.is_set()
 
     @property
@@ -1149,6 +1168,31 @@ class Connection:
             timeout = self.publish_timeout
         elif not timeout > 0:
             raise ValueError(f"timeout must be positive seconds, got {timeout!r}")
+        target = self
+        if self._separate_publisher:
+            target = self._publisher or await self._open_publisher()
+        await target._publish_encoded(
+            exchange,
+            exchange_bytes,
+            routing_key,
+            routing_key_bytes,
+            body,
+            properties_bytes,
+            mandatory,
+            timeout,
+        )
+
+    async def _publish_encoded(
+        self,
+        exchange: str,
+        exchange_bytes: bytes,
+        routing_key: str,
+        routing_key_bytes: bytes,
+        body: bytes,
+        properties_bytes: bytes,
+        mandatory: bool,
+        timeout: float | None,
+    ) -> None:
         deadline = None if timeout is None else self._loop.time() + timeout
         future: asyncio.Future[None] = self._loop.create_future()
         record = Outgoing(
@@ -1182,6 +1226,40 @@ class Connection:
         if deadline is not None:
             self._watch_deadline(record, deadline)
         await future
+
+    async def _open_publisher(self) -> Connection:
+        """The publishing connection: same URLs and options, opened once, on first use."""
+        self._check_usable()
+        if self._publisher_opening is None or (
+            self._publisher_opening.done() and self._publisher_opening.exception() is not None
+        ):
+            self._publisher_opening = asyncio.ensure_future(self._connect_publisher())
+        return await asyncio.shield(self._publisher_opening)
+
+    async def _connect_publisher(self) -> Connection:
+        candidates = [
+            params.with_options(
+                connection_name=f"{params.connection_name or 'leveret'} (publisher)"
+            )
+            for params in self._candidates
+        ]
+        publisher = Connection(
+            candidates,
+            close_timeout=self.close_timeout,
+            reconnect=self.reconnect,
+            backoff=self.backoff,
+            publish_timeout=self.publish_timeout,
+            operation_timeout=self.operation_timeout,
+            separate_publisher=False,
+        )
+        publisher._recovery_gate = self._connected
+        publisher.add_listener(lambda state, error: self._notify(f"publisher {state}", error))
+        await publisher._connect_first()
+        if self._error is not None or self._closing:
+            await publisher.close()
+            self._check_usable()
+        self._publisher = publisher
+        return publisher
 
     def _waiting_for(self) -> str:
         if not self._connected.is_set():
@@ -1443,6 +1521,14 @@ class Connection:
         task = self._reconnect_task
         if task is not None and not task.done():
             task.cancel()
+        opening = self._publisher_opening
+        if opening is not None and not opening.done():
+            try:
+                await opening
+            except (LeveretError, OSError):
+                pass
+        if self._publisher is not None:
+            await self._publisher.close()
         closed_by_client = ConnectionClosedByClient("the connection was closed by the client")
         transport = self._transport
         if self._connected.is_set() and self._link_error is None:

@@ -30,10 +30,11 @@ allows, via SO_LINGER 0); `cut_after(n, direction)` resets each connection once 
 forwarded `n` more bytes in one direction, to cut in the middle of a frame; `refuse()` resets
 every new connection right after accepting it (a broker that is down), `accept()` ends that.
 
-Counters (`connections_accepted`, `connections_refused`, `active_connections`, `peer_closes`,
-`bytes_upstream`, `bytes_downstream`, `bytes_dropped`, `bytes_in_flight`) and `wait_for_connections()` /
-`wait_until()` let tests wait for what happened instead of sleeping.  Only the standard
-library is used; `stop()` closes every socket and waits for every task it started.
+Counters (`connections_accepted`, `connections_refused`, `connections_cut`,
+`active_connections`, `peer_closes`, `bytes_upstream`, `bytes_downstream`, `bytes_dropped`,
+`bytes_in_flight`) and `wait_for_connections()` / `wait_until()` let tests wait for what
+happened instead of sleeping.  Only the standard library is used; `stop()` closes every
+socket and waits for every task it started.
 """
 
 from __future__ import annotations
@@ -346,6 +347,7 @@ class _Link:
         self.maybe_forget()
 
     def cut_after_limit(self, pipe: _Pipe) -> None:
+        self.proxy.connections_cut += 1
         self.abort(flush_to=pipe.dst)
 
     def connect_done(self, task: asyncio.Task[None]) -> None:
@@ -398,6 +400,8 @@ class FaultProxy:
         self.connections_accepted = 0
         #: Client connections reset right after accept because of refuse().
         self.connections_refused = 0
+        #: Connections reset by cut() or cut_after().
+        self.connections_cut = 0
         #: Client connections reset because the target could not be reached.
         self.upstream_failures = 0
         #: Sockets that a client or the target closed (FIN) or reset without the proxy
@@ -555,7 +559,9 @@ class FaultProxy:
     def cut(self) -> None:
         """Reset every current connection (both sockets, RST); new ones are still accepted."""
         for link in list(self._links):
-            link.abort()
+            if not link.dead:
+                self.connections_cut += 1
+                link.abort()
 
     def refuse(self) -> None:
         """Reset every new client connection right after accepting it (a broker that is down)."""
