@@ -214,3 +214,36 @@ async def test_reconnect_false_fails_fast(rabbitmq: RabbitMQNode, rabbitmq_url: 
         assert isinstance(error, leveret.ConnectionForced)
         with pytest.raises(leveret.ConnectionForced):
             await conn.declare_queue("", exclusive=True)
+
+
+async def test_memory_alarm_blocks_publishers_while_consumers_keep_acking(
+    rabbitmq: RabbitMQNode, rabbitmq_url: str, queue_name: str
+) -> None:
+    async with leveret.connect(rabbitmq_url) as conn:
+        await conn.declare_queue(queue_name)
+        for number in range(10):
+            await conn.publish(str(number).encode(), routing_key=queue_name)
+        async with conn.consume(queue_name, prefetch=2) as messages:
+            await asyncio.to_thread(rabbitmq.set_vm_memory_high_watermark, 0)
+            try:
+                during = asyncio.ensure_future(
+                    conn.publish(b"during the alarm", routing_key=queue_name, timeout=60)
+                )
+                await _until(lambda: conn.is_blocked)
+                with pytest.raises(leveret.PublishTimeout, match="blocked publishing"):
+                    await conn.publish(b"gives up", routing_key=queue_name, timeout=0.5)
+                # The consuming connection is not blocked: all ten arrive and are acked.
+                for number in range(10):
+                    async with asyncio.timeout(10):
+                        message = await anext(messages)
+                    assert message.body == str(number).encode()
+                    assert message.ack() is True
+                assert not during.done()
+            finally:
+                await asyncio.to_thread(rabbitmq.set_vm_memory_high_watermark, 0.4)
+            async with asyncio.timeout(30):
+                await during  # confirmed once the alarm cleared
+                message = await anext(messages)
+            assert message.body == b"during the alarm"
+            assert message.ack() is True
+        assert not conn.is_blocked
