@@ -164,3 +164,30 @@ async def test_update_secret_is_answered_and_the_connection_carries_on(
     assert message.body == b"after rotation"
     with pytest.raises(TypeError, match="new_secret must be a str"):
         await conn.update_secret(b"bytes")  # type: ignore[arg-type]
+
+
+async def test_publishes_in_flight_are_bounded_by_max_in_flight(
+    rabbitmq_url: str, queue_name: str
+) -> None:
+    async with leveret.connect(rabbitmq_url, max_in_flight=5) as conn:
+        await conn.declare_queue(queue_name, auto_delete=False)
+        highest = 0
+        done = False
+
+        async def sample() -> None:
+            nonlocal highest
+            while not done:
+                publisher = conn._publisher
+                if publisher is not None:
+                    highest = max(highest, publisher._in_flight)
+                await asyncio.sleep(0)
+
+        sampler = asyncio.ensure_future(sample())
+        await asyncio.gather(
+            *(conn.publish(str(i).encode(), routing_key=queue_name) for i in range(200))
+        )
+        done = True
+        await sampler
+        assert 1 <= highest <= 5
+        assert (await conn.declare_queue(queue_name, passive=True)).message_count == 200
+        await conn.delete_queue(queue_name)

@@ -100,6 +100,7 @@ def connect(
     publish_timeout: float | None = 60.0,
     operation_timeout: float = 60.0,
     separate_publisher: bool = True,
+    max_in_flight: int = 10_000,
 ) -> _Connecting:
     """Connect to RabbitMQ: `async with leveret.connect(url) as conn:` or `conn = await connect(url)`.
 
@@ -114,7 +115,11 @@ def connect(
     With `separate_publisher` (the default), publishes use a second
     connection, opened on the first publish, so that a broker that blocks
     publishers (a memory or disk alarm) never stops consumers from acking.
+    At most `max_in_flight` publishes await their confirms at once; more wait
+    their turn (within their timeout), so memory stays bounded.
     """
+    if not isinstance(max_in_flight, int) or isinstance(max_in_flight, bool) or max_in_flight < 1:
+        raise ValueError(f"max_in_flight must be a positive int, got {max_in_flight!r}")
     for what, value in (("close_timeout", close_timeout), ("operation_timeout", operation_timeout)):
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
             raise ValueError(f"{what} must be positive seconds, got {value!r}")
@@ -145,5 +150,6 @@ def connect(
         "publish_timeout": publish_timeout,
         "operation_timeout": operation_timeout,
         "separate_publisher": bool(separate_publisher),
+        "max_in_flight": max_in_flight,
     }
     return _Connecting(candidates, options)

@@ -165,6 +165,7 @@ class Connection:
         publish_timeout: float | None = 60.0,
         operation_timeout: float = 60.0,
         separate_publisher: bool = True,
+        max_in_flight: int = 10_000,
     ) -> None:
         if isinstance(candidates, ConnectionParameters):
             candidates = [candidates]
@@ -197,6 +198,9 @@ class Connection:
         # Publishes go through a second connection of their own (opened on first
         # use), so that a broker blocking publishers never stalls consumers' acks.
         self._separate_publisher = separate_publisher
+        self.max_in_flight = max_in_flight
+        self._in_flight = 0  # publishes awaiting their confirm on this connection
+        self._window_waiters: deque[asyncio.Future[None]] = deque()
         self._publisher: Connection | None = None
         self._publisher_opening: asyncio.Task[Connection] | None = None
         self._publisher_closing: asyncio.Future[None] | None = None
@@ -1212,6 +1216,7 @@ class Connection:
             and not self._write_paused
             and self._unblocked.is_set()
             and not self._closing
+            and self._in_flight < self.max_in_flight
         ):
             self._send(channel, record)  # the fast path: nothing to wait for
         else:
@@ -1225,7 +1230,32 @@ class Connection:
                 ) from None
         if deadline is not None:
             self._watch_deadline(record, deadline)
-        await future
+        self._in_flight += 1
+        try:
+            await future
+        finally:
+            self._in_flight -= 1
+            if self._window_waiters:
+                self._wake_window_waiter()
+
+    def _wake_window_waiter(self) -> None:
+        while self._window_waiters and self._in_flight < self.max_in_flight:
+            waiter = self._window_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    async def _wait_for_window(self) -> None:
+        """Hold a publish while `max_in_flight` others await their confirms: memory stays bounded."""
+        while self._in_flight >= self.max_in_flight:
+            waiter: asyncio.Future[None] = self._loop.create_future()
+            self._window_waiters.append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_window_waiter()  # pass the slot on
+                raise
 
     async def _open_publisher(self) -> Connection:
         """The publishing connection: same URLs and options, opened once, on first use."""
@@ -1251,6 +1281,7 @@ class Connection:
             publish_timeout=self.publish_timeout,
             operation_timeout=self.operation_timeout,
             separate_publisher=False,
+            max_in_flight=self.max_in_flight,
         )
         publisher._recovery_gate = self._connected
         publisher.add_listener(lambda state, error: self._notify(f"publisher {state}", error))
@@ -1271,6 +1302,8 @@ class Connection:
     async def _send_when_possible(self, record: Outgoing) -> None:
         """The slow path: wait for a link, a publish channel, an unblocked broker, a drained socket."""
         while True:
+            if self._in_flight >= self.max_in_flight:
+                await self._wait_for_window()
             if not self._connected.is_set() or self._error is not None or self._closing:
                 await self._wait_connected(None)
             try:
@@ -1285,7 +1318,11 @@ class Connection:
                 await self._wait_writable()
             if not self._unblocked.is_set():
                 await self._unblocked.wait()
-            if channel.closed is None and self._link_error is None:
+            if (
+                channel.closed is None
+                and self._link_error is None
+                and self._in_flight < self.max_in_flight
+            ):
                 self._send(channel, record)
                 return
 
