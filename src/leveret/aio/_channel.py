@@ -73,6 +73,7 @@ class ChannelHandle:
         "gone",
         "id",
         "opened",
+        "republish",
         "returns",
         "waiters",
     )
@@ -90,6 +91,8 @@ class ChannelHandle:
         self.confirm_high = 0
         self.returns: deque[Returned] = deque()
         self.consumer: Consumer | None = None
+        # A publishing channel: its unconfirmed publishes survive a lost connection.
+        self.republish = False
 
     # -- confirms --------------------------------------------------------------------
 

@@ -583,14 +583,14 @@ class Connection:
                 future.set_exception(exc)
                 future.exception()
         channels, self._channels = self._channels, {}
-        publishers = list(self._publish_channels.values())
         self._idle_pool.clear()
         self._publish_channels.clear()
         self._consumers.clear()
         self._get_channel = None
         if recovering:
-            for channel in publishers:
-                self._republish.extend(channel.take_unconfirmed())
+            for channel in channels.values():
+                if channel.republish:
+                    self._republish.extend(channel.take_unconfirmed())
             for channel in channels.values():
                 consumer, channel.consumer = channel.consumer, None
                 if consumer is not None:
@@ -1306,12 +1306,13 @@ class Connection:
                 await self._wait_for_window()
             if not self._connected.is_set() or self._error is not None or self._closing:
                 await self._wait_connected(None)
+            link = self._link_id
             try:
                 channel = self._publish_channels.get(record.exchange)
                 if channel is None:
                     channel = await self._publish_channel(record.exchange)
             except ConnectionClosed:
-                if self._error is not None or not self._reconnecting:
+                if self._error is not None or not (self._reconnecting or self._link_id != link):
                     raise
                 continue  # the link dropped while opening the channel: wait for the next
             if self._write_paused:
@@ -1376,16 +1377,24 @@ class Connection:
             )
 
     async def _publish_channel(self, exchange: str) -> ChannelHandle:
-        task = self._publish_channel_opening.get(exchange)
+        opening = self._publish_channel_opening
+        task = opening.get(exchange)
         if task is None:
             task = asyncio.ensure_future(self._open_publish_channel(exchange))
-            self._publish_channel_opening[exchange] = task
-            task.add_done_callback(lambda _t: self._publish_channel_opening.pop(exchange, None))
+            opening[exchange] = task
+            # Forget the task in the table of the link it was made for, never in a newer one.
+            task.add_done_callback(
+                lambda done: opening.pop(exchange) if opening.get(exchange) is done else None
+            )
         return await asyncio.shield(task)
 
     async def _open_publish_channel(self, exchange: str) -> ChannelHandle:
+        link = self._link_id
         channel = await self._open_channel(recovering=True)
+        channel.republish = True
         await self._channel_call(channel, commands.Confirm.Select())
+        if self._link_id != link or channel.closed is not None:
+            raise (channel.closed or ConnectionLost("the connection dropped")).with_traceback(None)
         self._publish_channels[exchange] = channel
         return channel
 
