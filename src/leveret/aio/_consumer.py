@@ -54,6 +54,7 @@ class Consumer:
         self._error: BaseException | None = None
         self._closed = False
         self._starting: asyncio.Task[None] | None = None
+        self._cleanup: asyncio.Future[None] | None = None
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -63,7 +64,24 @@ class Consumer:
             return
         if self._starting is None:
             self._starting = asyncio.ensure_future(self._connection._start_consumer(self))
-        await asyncio.shield(self._starting)
+        starting = self._starting
+        try:
+            await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            # Cancelled mid-start (e.g. by a timeout around `async with`): nobody will
+            # close this consumer, so it must not go on consuming, unseen, with prefetch.
+            self._closed = True
+            if not starting.done():
+                starting.cancel()
+            elif not starting.cancelled() and starting.exception() is None:
+                self._cleanup = asyncio.ensure_future(self._stop_started())
+            raise
+
+    async def _stop_started(self) -> None:
+        channel = self._channel
+        self._connection._forget_consumer(self)
+        if channel is not None:
+            await self._connection._close_channel(channel)
 
     def _attach(self, channel: ChannelHandle) -> None:
         self._channel = channel
