@@ -134,3 +134,25 @@ async def test_stop_app_three_times_under_load(
     print("\n" + state.report("stop_app/start_app x3"))
     state.check(faults=3)
     assert state.events["consumer:reconnected"] == 3
+
+
+async def test_exclusive_queue_recovers_on_the_next_url_despite_resource_locked(
+    proxy: FaultProxy, rabbitmq_url: str, queue_name: str
+) -> None:
+    """A silent link: the client moves to the next URL while the broker may still hold
+    the old connection's exclusive queue (405 RESOURCE_LOCKED); recovery waits it out."""
+    states: list[str] = []
+    urls = [proxy.url_for(rabbitmq_url), rabbitmq_url]
+    async with leveret.connect(urls, heartbeat=2, backoff=FAST) as conn:
+        conn.add_listener(lambda state, _error: states.append(state))
+        await conn.declare_queue(queue_name, exclusive=True)
+        async with conn.consume(queue_name) as messages:
+            proxy.blackhole()
+            await until(lambda: "reconnected" in states, timeout=60)
+            assert conn.params.port != proxy.port  # it moved on to the second URL
+            await conn.publish(b"after", routing_key=queue_name)
+            async with asyncio.timeout(10):
+                message = await anext(messages)
+            assert message.body == b"after"
+            assert message.ack() is True
+        proxy.cut()

@@ -634,10 +634,15 @@ class Connection:
         last = cause
         started = self._loop.time()
         attempts = 0
+        # Start with the URL after the one that failed: with a cluster, another node
+        # is likelier to be up than the one that just went away.
+        failed = self.params
+        index = next((i for i, p in enumerate(self._candidates) if p is failed), -1)
+        order = self._candidates[index + 1 :] + self._candidates[: index + 1]
         try:
             for delay in self.backoff.delays():
                 await asyncio.sleep(delay)
-                for params in list(self._candidates):
+                for params in order:
                     attempts += 1
                     try:
                         await self._open_link(params)
@@ -759,6 +764,8 @@ class Connection:
             except ResourceLocked as exc:
                 # The broker has not yet noticed the old connection died and still
                 # holds its exclusive queue: wait for its clean-up, then try again.
+                if delay == 0.1:
+                    log.info("leveret: %s is still locked by the old connection; retrying", what)
                 if self._loop.time() + delay > deadline:
                     log.error("leveret: could not recover %s: %s", what, exc)
                     return None
@@ -1267,11 +1274,13 @@ class Connection:
         return await asyncio.shield(self._publisher_opening)
 
     async def _connect_publisher(self) -> Connection:
+        # The URL that works for the main connection right now goes first.
+        ordered = [self.params, *(p for p in self._candidates if p is not self.params)]
         candidates = [
             params.with_options(
                 connection_name=f"{params.connection_name or 'leveret'} (publisher)"
             )
-            for params in self._candidates
+            for params in ordered
         ]
         publisher = Connection(
             candidates,
