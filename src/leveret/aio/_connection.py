@@ -713,17 +713,9 @@ class Connection:
                 renamed[queue.name] = reply.queue
                 topology.rename_queue(queue.name, reply.queue)
         for binding in list(topology.bindings.values()):
-            command = commands.Exchange.Bind if binding.to_exchange else commands.Queue.Bind
-            fields: dict[str, Any] = (
-                {"destination": binding.destination, "source": binding.source}
-                if binding.to_exchange
-                else {"queue": binding.destination, "exchange": binding.source}
-            )
             await self._replay(
                 f"binding {binding.source!r} -> {binding.destination!r}",
-                _command(
-                    command, routing_key=binding.routing_key, arguments=binding.arguments, **fields
-                ),
+                _binding_command(binding, True),
             )
         for consumer in list(self._active_consumers):
             if not consumer.active:
@@ -1000,20 +992,10 @@ class Connection:
         routing_key: str = "",
         arguments: dict[str, Any] | None = None,
     ) -> None:
-        _check_name(queue, "queue name")
-        _check_name(exchange, "exchange name")
-        _check_name(routing_key, "routing key")
-        _check_table(arguments, "arguments")
-        await self._rpc(
-            _command(
-                commands.Queue.Bind,
-                queue=queue,
-                exchange=exchange,
-                routing_key=routing_key,
-                arguments=arguments,
-            )
+        """Route messages from `exchange` to `queue` (recorded, so recovery binds it again)."""
+        await self._change_binding(
+            True, QueueBindingRecord(queue, exchange, routing_key, arguments)
         )
-        self._topology.record_binding(QueueBindingRecord(queue, exchange, routing_key, arguments))
 
     async def unbind_queue(
         self,
@@ -1022,20 +1004,9 @@ class Connection:
         routing_key: str = "",
         arguments: dict[str, Any] | None = None,
     ) -> None:
-        _check_name(queue, "queue name")
-        _check_name(exchange, "exchange name")
-        _check_name(routing_key, "routing key")
-        _check_table(arguments, "arguments")
-        await self._rpc(
-            _command(
-                commands.Queue.Unbind,
-                queue=queue,
-                exchange=exchange,
-                routing_key=routing_key,
-                arguments=arguments,
-            )
+        await self._change_binding(
+            False, QueueBindingRecord(queue, exchange, routing_key, arguments)
         )
-        self._topology.forget_binding(queue, exchange, routing_key, arguments, False)
 
     async def declare_exchange(
         self,
@@ -1082,21 +1053,8 @@ class Connection:
         arguments: dict[str, Any] | None = None,
     ) -> None:
         """Route messages from exchange `source` to exchange `destination` (a RabbitMQ extension)."""
-        _check_name(destination, "exchange name")
-        _check_name(source, "exchange name")
-        _check_name(routing_key, "routing key")
-        _check_table(arguments, "arguments")
-        await self._rpc(
-            _command(
-                commands.Exchange.Bind,
-                destination=destination,
-                source=source,
-                routing_key=routing_key,
-                arguments=arguments,
-            )
-        )
-        self._topology.record_binding(
-            QueueBindingRecord(destination, source, routing_key, arguments, to_exchange=True)
+        await self._change_binding(
+            True, QueueBindingRecord(destination, source, routing_key, arguments, to_exchange=True)
         )
 
     async def unbind_exchange(
@@ -1106,20 +1064,26 @@ class Connection:
         routing_key: str = "",
         arguments: dict[str, Any] | None = None,
     ) -> None:
-        _check_name(destination, "exchange name")
-        _check_name(source, "exchange name")
-        _check_name(routing_key, "routing key")
-        _check_table(arguments, "arguments")
-        await self._rpc(
-            _command(
-                commands.Exchange.Unbind,
-                destination=destination,
-                source=source,
-                routing_key=routing_key,
-                arguments=arguments,
-            )
+        await self._change_binding(
+            False, QueueBindingRecord(destination, source, routing_key, arguments, to_exchange=True)
         )
-        self._topology.forget_binding(destination, source, routing_key, arguments, True)
+
+    async def _change_binding(self, bind: bool, binding: QueueBindingRecord) -> None:
+        _check_name(binding.destination, "exchange name" if binding.to_exchange else "queue name")
+        _check_name(binding.source, "exchange name")
+        _check_name(binding.routing_key, "routing key")
+        _check_table(binding.arguments, "arguments")
+        await self._rpc(_binding_command(binding, bind))
+        if bind:
+            self._topology.record_binding(binding)
+        else:
+            self._topology.forget_binding(
+                binding.destination,
+                binding.source,
+                binding.routing_key,
+                binding.arguments,
+                binding.to_exchange,
+            )
 
     # -- publishing ---------------------------------------------------------------------------------
 
@@ -1669,6 +1633,24 @@ def _command(cls: type[_M], **fields: Any) -> _M:
     for name, value in fields.items():
         setattr(method, name, value)
     return method
+
+
+def _binding_command(binding: QueueBindingRecord, bind: bool) -> PamqpMethod:
+    if binding.to_exchange:
+        return _command(
+            commands.Exchange.Bind if bind else commands.Exchange.Unbind,
+            destination=binding.destination,
+            source=binding.source,
+            routing_key=binding.routing_key,
+            arguments=binding.arguments,
+        )
+    return _command(
+        commands.Queue.Bind if bind else commands.Queue.Unbind,
+        queue=binding.destination,
+        exchange=binding.source,
+        routing_key=binding.routing_key,
+        arguments=binding.arguments,
+    )
 
 
 def _check_table(table: dict[str, Any] | None, what: str) -> None:

@@ -60,7 +60,7 @@ def _binding_key(
     arguments: dict[str, Any] | None,
     to_exchange: bool,
 ) -> tuple[str, str, str, bytes, bool]:
-    return (destination, source, routing_key, encode_table(arguments), to_exchange)
+    return (destination, source, routing_key, encode_table(arguments, "arguments"), to_exchange)
 
 
 class Topology:
