@@ -558,6 +558,9 @@ class Connection:
             self._reconnecting = True
             self._notify("disconnected", exc)
             self._reconnect_task = asyncio.ensure_future(self._reconnect(exc))
+        elif self._closing:
+            # The user asked for the close; how the last link ended does not matter.
+            self._finish(ConnectionClosedByClient("the connection was closed by the client"))
         elif not self._reconnecting and self._connected.is_set():
             self._finish(exc)
 
