@@ -7,8 +7,10 @@
             async for msg in messages:
                 msg.ack()
 
-The asyncio names are imported on first use, so that `import leveret.protocol`
-(the sans-IO core) loads no event-loop machinery.
+`leveret.blocking` offers the same API without `await`, for scripts and
+threaded programs. The asyncio names (and `leveret.blocking`) are imported on
+first use, so that `import leveret.protocol` (the sans-IO core) loads no
+event-loop machinery.
 """
 
 from typing import TYPE_CHECKING, Any
@@ -20,6 +22,7 @@ from leveret.exceptions import *  # noqa: F403
 from leveret.exceptions import __all__ as _exceptions_all
 
 if TYPE_CHECKING:
+    from leveret import blocking
     from leveret.aio import Backoff, Connection, Consumer, Message, QueueInfo, connect
 
 _ASYNCIO_NAMES = frozenset({"Backoff", "Connection", "Consumer", "Message", "QueueInfo", "connect"})
@@ -35,6 +38,7 @@ __all__ = [
     "Properties",
     "QueueInfo",
     "__version__",
+    "blocking",
     "connect",
     "parse_url",
     *_exceptions_all,
@@ -48,4 +52,8 @@ def __getattr__(name: str) -> Any:
         value = getattr(aio, name)
         globals()[name] = value
         return value
+    if name == "blocking":  # leveret.blocking, the API without await
+        import leveret.blocking
+
+        return leveret.blocking
     raise AttributeError(f"module 'leveret' has no attribute {name!r}")

@@ -1353,15 +1353,28 @@ class Connection:
             )
 
     async def _publish_channel(self, exchange: str) -> ChannelHandle:
+        """The link's confirm-mode channel for `exchange`, opened (once) if there is none.
+
+        Recovery re-sends each kept publish through here: opening a channel per call
+        would give every re-sent message a channel of its own.
+        """
+        channel = self._publish_channels.get(exchange)
+        if channel is not None and channel.closed is None:
+            return channel
         opening = self._publish_channel_opening
         task = opening.get(exchange)
         if task is None:
             task = asyncio.ensure_future(self._open_publish_channel(exchange))
             opening[exchange] = task
-            # Forget the task in the table of the link it was made for, never in a newer one.
-            task.add_done_callback(
-                lambda done: opening.pop(exchange) if opening.get(exchange) is done else None
-            )
+
+            def forget(done: asyncio.Task[ChannelHandle]) -> None:
+                # Forget the task in the table of the link it was made for, never in a newer one.
+                if opening.get(exchange) is done:
+                    opening.pop(exchange)
+                if not done.cancelled():
+                    done.exception()  # retrieved: every publish awaiting it may have been cancelled
+
+            task.add_done_callback(forget)
         return await asyncio.shield(task)
 
     async def _open_publish_channel(self, exchange: str) -> ChannelHandle:
