@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import struct
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import leveret
 
@@ -30,6 +31,9 @@ class Pipeline:
     failures: list[BaseException] = field(default_factory=list)
     events: Counter[str] = field(default_factory=Counter)
     longest_gap: float = 0.0
+    # The pipeline's connections while it runs, for faults that need to know where they are.
+    publisher: leveret.Connection | None = None
+    consumer: leveret.Connection | None = None
 
     @property
     def duplicates(self) -> int:
@@ -64,24 +68,37 @@ async def until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
 
 
 async def run_pipeline(
-    url: str,
+    url: str | Sequence[str],
     queue: str,
     total: int,
     fault: Callable[[Pipeline], Awaitable[None]],
     *,
     timeout: float = 180.0,
+    consumer_url: str | Sequence[str] | None = None,
+    queue_arguments: dict[str, Any] | None = None,
     **connect_options: object,
 ) -> Pipeline:
-    """Publish `total` persistent numbered messages and consume them while `fault` runs."""
+    """Publish `total` persistent numbered messages and consume them while `fault` runs.
+
+    `url` may be a list (a cluster's nodes); the consumer connects to `consumer_url`
+    when given (another order of the nodes puts it on another node), else to `url`.
+    The connections are named "pipeline-publisher" and "pipeline-consumer" (the
+    publisher's own publishing connection: "pipeline-publisher (publisher)").
+    """
     state = Pipeline(total)
     options: dict[str, object] = {"backoff": FAST, **connect_options}
     async with (
         leveret.connect(url, name="pipeline-publisher", **options) as publisher,  # type: ignore[arg-type]
-        leveret.connect(url, name="pipeline-consumer", **options) as consumer,  # type: ignore[arg-type]
+        leveret.connect(
+            url if consumer_url is None else consumer_url,
+            name="pipeline-consumer",
+            **options,  # type: ignore[arg-type]
+        ) as consumer,
     ):
+        state.publisher, state.consumer = publisher, consumer
         publisher.add_listener(lambda s, _e: state.events.update([f"publisher:{s}"]))
         consumer.add_listener(lambda s, _e: state.events.update([f"consumer:{s}"]))
-        await publisher.declare_queue(queue, durable=True)
+        await publisher.declare_queue(queue, durable=True, arguments=queue_arguments)
         loop = asyncio.get_running_loop()
         last_progress = loop.time()
 

@@ -7,7 +7,8 @@ temp dir (installing the Debian package first when it is missing and we are root
 `stop()` removes every trace again.  With pytest, the `rabbitmq`, `rabbitmq_url` and
 `rabbitmqctl` fixtures of `leveret.testing.pytest_plugin` do this once per session
 (`rabbitmq_tls`: a second node with an AMQPS listener and SASL EXTERNAL, see
-`make_test_certificates`):
+`make_test_certificates`; `rabbitmq_cluster`: a `RabbitMQCluster` of three clustered
+nodes, for failover tests):
 
     async def test_roundtrip(rabbitmq_url: str) -> None:
         async with leveret.connect(rabbitmq_url) as conn:
@@ -20,6 +21,7 @@ from leveret.testing._certs import (
     TLSFiles,
     make_test_certificates,
 )
+from leveret.testing._cluster import RabbitMQCluster
 from leveret.testing._node import (
     NodeStartError,
     RabbitmqctlError,
@@ -33,6 +35,7 @@ __all__ = [
     "CertificateError",
     "FaultProxy",
     "NodeStartError",
+    "RabbitMQCluster",
     "RabbitMQNode",
     "RabbitmqctlError",
     "TLSFiles",

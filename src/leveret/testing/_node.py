@@ -376,6 +376,8 @@ class RabbitMQNode:
         install: bool = True,
         plugins: Sequence[str] = (),
         tls: TLSFiles | None = None,
+        cookie: str | None = None,
+        dist_port: int | None = None,
     ) -> Self:
         """Start a fresh node and return once `rabbitmqctl await_startup` says it is booted.
 
@@ -385,8 +387,12 @@ class RabbitMQNode:
         "rabbitmq_auth_mechanism_ssl" also turns on SASL EXTERNAL, logging clients in as the
         common name of their certificate.  tls: also listen for AMQPS on a free loopback port
         (`tls_url`), verifying client certificates against tls.cacert when clients send one
-        (`make_test_certificates(dir).server` is a ready-made TLSFiles).
+        (`make_test_certificates(dir).server` is a ready-made TLSFiles).  cookie: the Erlang
+        cookie (default: a fresh random one); nodes meant to form a cluster share one.
+        dist_port: the Erlang distribution port (default: a free one).
         """
+        if cookie is not None and not re.fullmatch(r"[A-Za-z0-9_]{1,255}", cookie):
+            raise ValueError("cookie must be 1 to 255 letters, digits or underscores")
         for name in plugins:
             if not _PLUGIN_NAME.fullmatch(name):
                 raise ValueError(f"not a plugin name: {name!r}")
@@ -397,7 +403,8 @@ class RabbitMQNode:
             port = _free_port()
         elif not _port_is_free(port):
             raise NodeStartError(f"{HOST}:{port} is already in use (another broker?)")
-        dist_port = _free_port(avoid={port})
+        if dist_port is None:
+            dist_port = _free_port(avoid={port})
         node = cls(
             bin_dir=bin_dir,
             base_dir=_prepare_base_dir(base_dir),
@@ -408,7 +415,7 @@ class RabbitMQNode:
             tls=tls,
         )
         try:
-            node._write_files(plugins)
+            node._write_files(plugins, cookie)
             node._launch()
             node._await_startup(start_timeout)
         except BaseException:
@@ -437,11 +444,11 @@ class RabbitMQNode:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise NodeStartError(f"no leveret RabbitMQ node state in {state_file}: {exc}") from None
 
-    def _write_files(self, plugins: Sequence[str]) -> None:
+    def _write_files(self, plugins: Sequence[str], cookie: str | None = None) -> None:
         base = self._base
         (base / "mnesia").mkdir()
         (base / "log").mkdir()
-        _write_cookie(base / ".erlang.cookie")
+        _write_cookie(base / ".erlang.cookie", cookie)
         (base / "rabbitmq-env.conf").write_text("")  # instead of /etc/rabbitmq/rabbitmq-env.conf
         (base / "enabled_plugins").write_text(f"[{','.join(plugins)}].\n")
         running = set(plugins)
@@ -904,11 +911,11 @@ class TLSRabbitMQ:
         return self.node.list_connections(*extra)
 
 
-def _write_cookie(path: Path) -> None:
-    """A fresh random cookie, 0400: Erlang refuses cookies others can read."""
+def _write_cookie(path: Path, value: str | None = None) -> None:
+    """The given cookie or a fresh random one, 0400: Erlang refuses cookies others can read."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
     with os.fdopen(fd, "w") as cookie:
-        cookie.write(secrets.token_hex(20))
+        cookie.write(secrets.token_hex(20) if value is None else value)
 
 
 def _prepare_base_dir(base_dir: str | None) -> Path:

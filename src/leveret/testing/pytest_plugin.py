@@ -15,6 +15,7 @@ except ImportError as exc:  # pragma: no cover - pytest imports this module itse
     raise ImportError("leveret.testing.pytest_plugin is a pytest plugin; install pytest") from exc
 
 from leveret.testing._certs import CertificateError, make_test_certificates
+from leveret.testing._cluster import RabbitMQCluster
 from leveret.testing._node import NodeStartError, RabbitMQNode, TLSRabbitMQ
 
 
@@ -54,3 +55,16 @@ def rabbitmq_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TLSRabbit
         pytest.fail(str(exc), pytrace=False)
     with node:
         yield TLSRabbitMQ(node, certs)
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_cluster() -> Iterator[RabbitMQCluster]:
+    """Three clustered nodes, started only for tests that ask for them: `.urls` (pass them
+    all to `leveret.connect`), `.nodes`, `.ctl(i, ...)`, and `.stop_node(i)` /
+    `.start_node(i)` to take node i away from its clients and bring it back."""
+    try:
+        cluster = RabbitMQCluster.start(3)
+    except NodeStartError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    with cluster:
+        yield cluster
