@@ -203,7 +203,6 @@ class Connection:
         self._window_waiters: deque[asyncio.Future[None]] = deque()
         self._publisher: Connection | None = None
         self._publisher_opening: asyncio.Task[Connection] | None = None
-        self._publisher_closing: asyncio.Future[None] | None = None
         self._recovery_gate: asyncio.Event | None = None  # the publisher waits for topology
         self._link_id = 0
         self._new_link(self._candidates[0])
@@ -623,8 +622,11 @@ class Connection:
             self._deadline_timer.cancel()
             self._deadline_timer = None
         publisher = self._publisher
-        if publisher is not None and not publisher._closing and publisher._error is None:
-            self._publisher_closing = asyncio.ensure_future(publisher.close())
+        if publisher is not None and publisher._error is None:
+            # The connection as a whole is over, for the same reason: publishes still
+            # waiting on the publishing connection get this error too. (A user close
+            # has already closed the publisher gracefully before getting here.)
+            publisher._finish(exc)
         self._connected.set()  # wake every waiter: each then sees the error
         if not self._closed.done():
             self._closed.set_result(None)
@@ -1146,6 +1148,8 @@ class Connection:
             timeout = self.publish_timeout
         elif not timeout > 0:
             raise ValueError(f"timeout must be positive seconds, got {timeout!r}")
+        if self._error is not None or self._closing:
+            self._check_usable()
         target = self
         if self._separate_publisher:
             target = self._publisher or await self._open_publisher()
