@@ -8,114 +8,39 @@ each confirmed number consumed at least once, every duplicate explained.
 from __future__ import annotations
 
 import asyncio
-import struct
-from collections import Counter
 
 import pytest
 
 import leveret
 from leveret.testing import RabbitMQNode
 
+from ._pipeline import FAST, Pipeline, run_pipeline, until
+
 pytestmark = pytest.mark.integration
-
-FAST = leveret.Backoff(initial=0.05, maximum=0.5)
-
-
-async def _until(predicate: object, timeout: float = 20.0) -> None:
-    """Wait for a condition driven by other tasks, failing the test instead of hanging."""
-    assert callable(predicate)
-    async with asyncio.timeout(timeout):
-        while True:  # polling: the conditions are plain counters in other tasks
-            if predicate():
-                return
-            await asyncio.sleep(0.01)
 
 
 async def test_pipeline_survives_repeated_forced_closes(
     rabbitmq: RabbitMQNode, rabbitmq_url: str, queue_name: str
 ) -> None:
     """20,000 numbered persistent messages while the broker kills every connection 3 times."""
-    total = 20_000
-    confirmed: set[int] = set()
-    received: Counter[int] = Counter()
-    redelivered_dupes = 0
-    failures: list[BaseException] = []
-    async with (
-        leveret.connect(rabbitmq_url, backoff=FAST, name="pipeline-pub") as publisher,
-        leveret.connect(rabbitmq_url, backoff=FAST, name="pipeline-con") as consumer_conn,
-    ):
-        await publisher.declare_queue(queue_name, durable=True)
-        reconnects: Counter[str] = Counter()
-        publisher.add_listener(lambda state, _e: reconnects.update([f"pub-{state}"]))
-        consumer_conn.add_listener(lambda state, _e: reconnects.update([f"con-{state}"]))
 
-        async def publish_all() -> None:
-            window = asyncio.Semaphore(500)
-
-            async def one(number: int) -> None:
-                try:
-                    await publisher.publish(
-                        struct.pack(">I", number), routing_key=queue_name, persistent=True
-                    )
-                    confirmed.add(number)
-                except leveret.LeveretError as exc:
-                    failures.append(exc)
-                finally:
-                    window.release()
-
-            tasks = []
-            for number in range(total):
-                await window.acquire()
-                tasks.append(asyncio.ensure_future(one(number)))
-            await asyncio.gather(*tasks)
-
-        loop = asyncio.get_running_loop()
-        last_progress = loop.time()
-        longest_gap = 0.0
-
-        async def consume_all() -> None:
-            nonlocal redelivered_dupes, last_progress, longest_gap
-            async with consumer_conn.consume(queue_name, prefetch=200) as messages:
-                async for message in messages:
-                    now = loop.time()
-                    longest_gap = max(longest_gap, now - last_progress)
-                    last_progress = now
-                    (number,) = struct.unpack(">I", message.body)
-                    if received[number] and message.redelivered:
-                        redelivered_dupes += 1
-                    received[number] += 1
-                    message.ack()
-                    if len(received) == total:
-                        return
-
-        async def faults() -> None:
-            await _until(lambda: len(received) > total // 20)
-            for round_ in range(3):
-                await asyncio.to_thread(rabbitmq.close_all_connections, f"fault {round_}")
-                await _until(
-                    lambda r=round_: (
-                        min(reconnects["con-reconnected"], reconnects["pub-reconnected"]) > r
-                    )
+    async def fault(state: Pipeline) -> None:
+        await until(lambda: len(state.received) > state.total // 20)
+        for round_ in range(3):
+            await asyncio.to_thread(rabbitmq.close_all_connections, f"fault {round_}")
+            # Both connections back before the next fault, so every fault hits live links.
+            await until(
+                lambda r=round_: (
+                    min(state.events["consumer:reconnected"], state.events["publisher:reconnected"])
+                    > r
                 )
+            )
 
-        async with asyncio.timeout(120):
-            await asyncio.gather(publish_all(), consume_all(), faults())
-        assert failures == []
-        assert reconnects["con-reconnected"] == 3  # every fault hit mid-stream
-        assert reconnects["pub-reconnected"] == 3
-        assert len(confirmed) == total
-        missing = set(range(total)) - set(received)
-        assert missing == set()
-        duplicates = sum(count - 1 for count in received.values())
-        print(
-            f"\npipeline: published={total} confirmed={len(confirmed)} consumed={len(received)} "
-            f"lost=0 duplicates={duplicates} (redelivered={redelivered_dupes}) "
-            f"longest gap={longest_gap:.2f}s reconnects={dict(reconnects)}"
-        )
-        # A duplicate is either a redelivery or a re-sent unconfirmed publish; both are
-        # bounded by what was in flight at the three faults.
-        assert duplicates <= 3 * (500 + 200)
-        await publisher.delete_queue(queue_name)
+    state = await run_pipeline(rabbitmq_url, queue_name, 20_000, fault, timeout=120)
+    print("\n" + state.report("forced closes x3"))
+    state.check(faults=3)
+    assert state.events["consumer:reconnected"] == 3  # every fault hit mid-stream
+    assert state.events["publisher:reconnected"] == 3
 
 
 async def test_server_named_queue_gets_a_new_name_and_keeps_its_binding(
@@ -135,7 +60,7 @@ async def test_server_named_queue_gets_a_new_name_and_keeps_its_binding(
             assert first.ack() is True
 
             await asyncio.to_thread(rabbitmq.close_all_connections, "rename test")
-            await _until(lambda: states.count("reconnected") == 1)
+            await until(lambda: states.count("reconnected") == 1)
             await conn.publish(b"after", exchange=exchange)
             async with asyncio.timeout(10):
                 second = await anext(messages)
@@ -157,7 +82,7 @@ async def test_held_delivery_goes_stale_and_comes_back_redelivered(
             held = await anext(messages)
             assert held.redelivered is False
             await asyncio.to_thread(rabbitmq.close_all_connections, "mid-message")
-            await _until(lambda: held.stale)
+            await until(lambda: held.stale)
             assert held.ack() is False  # sends nothing: the tag belongs to a dead channel
             async with asyncio.timeout(10):
                 again = await anext(messages)
@@ -185,7 +110,7 @@ async def test_broker_restart_recreates_the_lost_topology(
             await asyncio.to_thread(rabbitmq.ctl, "stop_app")
             await asyncio.to_thread(rabbitmq.ctl, "start_app")
             await conn.wait_connected(timeout=60)
-            await _until(lambda: "reconnected" in states, timeout=60)
+            await until(lambda: "reconnected" in states, timeout=60)
             await conn.publish(b"routed", exchange=source, routing_key="orders.created")
             async with asyncio.timeout(10):
                 message = await anext(messages)
@@ -229,7 +154,7 @@ async def test_memory_alarm_blocks_publishers_while_consumers_keep_acking(
                 during = asyncio.ensure_future(
                     conn.publish(b"during the alarm", routing_key=queue_name, timeout=60)
                 )
-                await _until(lambda: conn.is_blocked)
+                await until(lambda: conn.is_blocked)
                 with pytest.raises(leveret.PublishTimeout, match="blocked publishing"):
                     await conn.publish(b"gives up", routing_key=queue_name, timeout=0.5)
                 # The consuming connection is not blocked: all ten arrive and are acked.
