@@ -35,6 +35,7 @@ __all__ = [
     "NotAllowed",
     "NotFound",
     "NotImplementedByServer",
+    "PayloadError",
     "PreconditionFailed",
     "ProtocolError",
     "PublishError",
@@ -267,6 +268,10 @@ class MessageReturned(PublishError):
         self.properties = properties
 
 
+class PayloadError(LeveretError, ValueError):
+    """A message body could not be decoded as asked (bad JSON, wrong charset, failed validation)."""
+
+
 class RPCTimeout(LeveretError, TimeoutError):
     """No reply to an RPC call arrived within its timeout."""
 
@@ -274,10 +279,11 @@ class RPCTimeout(LeveretError, TimeoutError):
 class RemoteError(LeveretError):
     """An RPC handler raised; carries the remote exception's type name and message."""
 
-    def __init__(self, type_name: str, message: str) -> None:
+    def __init__(self, type_name: str, message: str, remote_traceback: str | None = None) -> None:
         super().__init__(f"{type_name}: {message}")
         self.type_name = type_name
         self.remote_message = message
+        self.remote_traceback = remote_traceback  # only when the server opted in
 
 
 # -- reply code mapping -----------------------------------------------------

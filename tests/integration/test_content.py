@@ -148,6 +148,13 @@ def safe_name(queue_name: str) -> str:
 
 
 @pytest.fixture
+async def conn(rabbitmq_url: str) -> AsyncIterator[leveret.Connection]:
+    """Round trips here are verbatim: no message_id or timestamp added by leveret."""
+    async with leveret.connect(rabbitmq_url, stamp_messages=False) as c:
+        yield c
+
+
+@pytest.fixture
 async def queue(conn: leveret.Connection, queue_name: str) -> AsyncIterator[str]:
     """A plain queue any connection of the test can use; deleted afterwards."""
     name = safe_name(queue_name)
@@ -169,7 +176,7 @@ async def priority_queue(conn: leveret.Connection, queue_name: str) -> AsyncIter
 @pytest.fixture
 async def small_frames(rabbitmq_url: str) -> AsyncIterator[leveret.Connection]:
     """A connection that asked for frame_max=4096 in its URL (the AMQP minimum)."""
-    async with leveret.connect(with_query(rabbitmq_url, frame_max=4096)) as c:
+    async with leveret.connect(with_query(rabbitmq_url, frame_max=4096), stamp_messages=False) as c:
         assert c.frame_max == 4096
         yield c
 
@@ -182,7 +189,7 @@ async def any_conn(
     if request.param == "default_frames":
         yield conn
         return
-    async with leveret.connect(with_query(rabbitmq_url, frame_max=4096)) as c:
+    async with leveret.connect(with_query(rabbitmq_url, frame_max=4096), stamp_messages=False) as c:
         assert c.frame_max == 4096
         yield c
 

@@ -101,6 +101,7 @@ def connect(
     operation_timeout: float = 60.0,
     separate_publisher: bool = True,
     max_in_flight: int = 10_000,
+    stamp_messages: bool = True,
 ) -> _Connecting:
     """Connect to RabbitMQ: `async with leveret.connect(url) as conn:` or `conn = await connect(url)`.
 
@@ -116,7 +117,9 @@ def connect(
     connection, opened on the first publish, so that a broker that blocks
     publishers (a memory or disk alarm) never stops consumers from acking.
     At most `max_in_flight` publishes await their confirms at once; more wait
-    their turn (within their timeout), so memory stays bounded.
+    their turn (within their timeout), so memory stays bounded. With
+    `stamp_messages`, publishes get a unique `message_id` and a `timestamp`
+    unless they carry their own.
     """
     if not isinstance(max_in_flight, int) or isinstance(max_in_flight, bool) or max_in_flight < 1:
         raise ValueError(f"max_in_flight must be a positive int, got {max_in_flight!r}")
@@ -151,5 +154,6 @@ def connect(
         "operation_timeout": operation_timeout,
         "separate_publisher": bool(separate_publisher),
         "max_in_flight": max_in_flight,
+        "stamp_messages": bool(stamp_messages),
     }
     return _Connecting(candidates, options)

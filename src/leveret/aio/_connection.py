@@ -28,6 +28,8 @@ callers through. `close()` by the user never reconnects.
 from __future__ import annotations
 
 import asyncio
+import datetime
+import functools
 import heapq
 import itertools
 import logging
@@ -42,7 +44,15 @@ from typing import Any, Literal, TypeVar
 from pamqp import commands
 from pamqp.base import Frame as PamqpMethod
 
+from leveret._payload import encode_body, new_message_id, timestamp_bytes
 from leveret._properties import Properties
+from leveret._queue_arguments import (
+    Overflow,
+    QueueType,
+    StreamOffset,
+    queue_arguments,
+    stream_arguments,
+)
 from leveret._url import ConnectionParameters
 from leveret.aio._backoff import Backoff
 from leveret.aio._channel import ChannelHandle, Outgoing
@@ -94,6 +104,8 @@ from leveret.protocol._codec import (
     encode_properties,
     encode_shortstr,
     encode_table,
+    stamp_prefix,
+    stamped_properties,
 )
 
 __all__ = ["Connection", "ExchangeType", "QueueInfo"]
@@ -101,6 +113,9 @@ __all__ = ["Connection", "ExchangeType", "QueueInfo"]
 log = logging.getLogger("leveret")
 
 ExchangeType = Literal["direct", "fanout", "topic", "headers"] | str
+Body = bytes | bytearray | memoryview | str | Any
+"""bytes as they are; str as UTF-8 text; dicts, lists, numbers, dataclasses, models as JSON."""
+_stamp_prefix = functools.lru_cache(maxsize=64)(stamp_prefix)
 _M = TypeVar("_M", bound=PamqpMethod)
 _POOL_LIMIT = 32  # idle synchronous-operation channels kept open
 _NAME_CACHE_LIMIT = 4096
@@ -166,6 +181,7 @@ class Connection:
         operation_timeout: float = 60.0,
         separate_publisher: bool = True,
         max_in_flight: int = 10_000,
+        stamp_messages: bool = True,
     ) -> None:
         if isinstance(candidates, ConnectionParameters):
             candidates = [candidates]
@@ -175,6 +191,7 @@ class Connection:
         self.backoff = backoff or Backoff()
         self.publish_timeout = publish_timeout
         self.operation_timeout = operation_timeout
+        self.stamp_messages = stamp_messages
         self._loop = asyncio.get_running_loop()
         self._closed: asyncio.Future[None] = self._loop.create_future()
         self._error: BaseException | None = None  # terminal: the connection is done
@@ -947,15 +964,52 @@ class Connection:
         self,
         name: str = "",
         *,
-        durable: bool = False,
+        durable: bool | None = None,
         exclusive: bool = False,
         auto_delete: bool = False,
         passive: bool = False,
         arguments: dict[str, Any] | None = None,
+        type: QueueType | None = None,
+        dead_letter_exchange: str | None = None,
+        dead_letter_routing_key: str | None = None,
+        message_ttl: float | None = None,
+        expires: float | None = None,
+        max_length: int | None = None,
+        max_length_bytes: int | None = None,
+        overflow: Overflow | None = None,
+        delivery_limit: int | None = None,
+        max_priority: int | None = None,
     ) -> QueueInfo:
-        """Declare a queue (server-named when `name` is ""); `passive` only checks it exists."""
+        """Declare a queue (server-named when `name` is ""); `passive` only checks it exists.
+
+        `type` is "classic", "quorum" (replicated) or "stream" (an append-only
+        log, read with `consume(..., offset=...)`); quorum queues and streams
+        are durable unless told otherwise. The other keywords are the usual
+        `x-` arguments, spelled out: times in seconds (`message_ttl` for
+        messages, `expires` for an unused queue), `delivery_limit` (quorum:
+        dead-letter a message after that many redeliveries). Anything else
+        goes in `arguments`.
+        """
         _check_name(name, "queue name")
         _check_table(arguments, "arguments")
+        if durable is None:
+            durable = type in ("quorum", "stream")
+        arguments = queue_arguments(
+            arguments,
+            queue_type=type,
+            durable=durable,
+            exclusive=exclusive,
+            auto_delete=auto_delete,
+            dead_letter_exchange=dead_letter_exchange,
+            dead_letter_routing_key=dead_letter_routing_key,
+            message_ttl=message_ttl,
+            expires=expires,
+            max_length=max_length,
+            max_length_bytes=max_length_bytes,
+            overflow=overflow,
+            delivery_limit=delivery_limit,
+            max_priority=max_priority,
+        )
         reply = await self._rpc(
             _command(
                 commands.Queue.Declare,
@@ -1104,7 +1158,7 @@ class Connection:
 
     async def publish(
         self,
-        body: bytes | bytearray | memoryview,
+        body: Body,
         *,
         routing_key: str = "",
         exchange: str = "",
@@ -1126,20 +1180,36 @@ class Connection:
         make consumers idempotent). `timeout` (default: the connection's
         `publish_timeout`) bounds the whole wait, reconnection included, and
         raises PublishTimeout; the message may still arrive after it fired.
+
+        `body` may be bytes, a str (sent as UTF-8, content type text/plain)
+        or a JSON-able object: dict, list, number, dataclass or pydantic model
+        (sent as JSON, content type application/json). A content type in
+        `properties` wins. Unless the connection was opened with
+        `stamp_messages=False`, a message without `message_id` and `timestamp`
+        gets a unique id and the current time.
         """
+        content_type = None
         if type(body) is not bytes:
-            if not isinstance(body, (bytearray, memoryview)):
-                raise TypeError(
-                    f"body must be bytes, bytearray or memoryview, got {type(body).__name__}: "
-                    f"{body!r:.80}"
-                )
-            body = bytes(body)
+            body, content_type = encode_body(body)
         exchange_bytes = self._encoded_name(exchange, "exchange name")
         routing_key_bytes = self._encoded_name(routing_key, "routing key")
         if properties is None:
-            properties_bytes = PERSISTENT_PROPERTIES_BYTES if persistent else EMPTY_PROPERTIES_BYTES
+            if self.stamp_messages:
+                properties_bytes = stamped_properties(
+                    _stamp_prefix(content_type, persistent), new_message_id(), timestamp_bytes()
+                )
+            elif content_type is not None:
+                properties_bytes = encode_properties(
+                    Properties(content_type=content_type), persistent
+                )
+            else:
+                properties_bytes = (
+                    PERSISTENT_PROPERTIES_BYTES if persistent else EMPTY_PROPERTIES_BYTES
+                )
         elif isinstance(properties, Properties):
-            properties_bytes = encode_properties(properties, persistent)
+            properties_bytes = encode_properties(
+                self._complete_properties(properties, content_type), persistent
+            )
         else:
             raise TypeError(
                 f"properties must be leveret.Properties, got {type(properties).__name__}"
@@ -1163,6 +1233,18 @@ class Connection:
             mandatory,
             timeout,
         )
+
+    def _complete_properties(self, properties: Properties, content_type: str | None) -> Properties:
+        """The user's properties plus what leveret fills in: never overriding a value given."""
+        changes: dict[str, object] = {}
+        if content_type is not None and properties.content_type is None:
+            changes["content_type"] = content_type
+        if self.stamp_messages:
+            if properties.message_id is None:
+                changes["message_id"] = new_message_id()
+            if properties.timestamp is None:
+                changes["timestamp"] = datetime.datetime.now(datetime.UTC)
+        return properties.replace(**changes) if changes else properties
 
     async def _publish_encoded(
         self,
@@ -1262,6 +1344,7 @@ class Connection:
             operation_timeout=self.operation_timeout,
             separate_publisher=False,
             max_in_flight=self.max_in_flight,
+            stamp_messages=self.stamp_messages,
         )
         publisher._recovery_gate = self._connected
         publisher.add_listener(lambda state, error: self._notify(f"publisher {state}", error))
@@ -1402,11 +1485,16 @@ class Connection:
         exclusive: bool = False,
         arguments: dict[str, Any] | None = None,
         consumer_tag: str | None = None,
+        offset: StreamOffset | None = None,
     ) -> Consumer:
         """Consume `queue`: use as `async with conn.consume(q) as messages: async for m in messages`.
 
         `prefetch` bounds unacked messages in flight (and so the buffer);
         0 means unlimited, which the broker allows but leveret discourages.
+        For a stream, `offset` says where to start reading: "first", "last",
+        "next", an offset number, a datetime, or an interval such as "10m";
+        after a reconnect the consumer resumes after the last message it
+        handed out. Stream messages still need `ack()` (it grants credit).
         """
         _check_name(queue, "queue name")
         if (
@@ -1416,6 +1504,8 @@ class Connection:
         ):
             raise ValueError(f"prefetch must be an int from 0 to 65535, got {prefetch!r}")
         _check_table(arguments, "arguments")
+        if offset is not None:
+            arguments = stream_arguments(arguments, offset, prefetch=prefetch, no_ack=no_ack)
         if consumer_tag is None:
             consumer_tag = f"leveret.{os.getpid()}.{next(_consumer_numbers)}"
         else:
@@ -1447,7 +1537,7 @@ class Connection:
                     consumer_tag=consumer.consumer_tag,
                     no_ack=consumer.no_ack,
                     exclusive=consumer.exclusive,
-                    arguments=consumer.arguments,
+                    arguments=consumer.consume_arguments(),
                 ),
             )
         except BaseException:
@@ -1494,7 +1584,7 @@ class Connection:
     async def call(
         self,
         routing_key: str,
-        body: bytes | bytearray | memoryview = b"",
+        body: Body = b"",
         *,
         exchange: str = "",
         timeout: float = 30.0,
@@ -1506,12 +1596,17 @@ class Connection:
         Raises RPCTimeout after `timeout` seconds, RemoteError when the
         server's handler raised, MessageReturned when no queue takes the
         request. With `expire_unanswered`, the request carries `timeout` as its
-        expiration, so nobody works on it after the caller gave up.
+        expiration, so nobody works on it after the caller gave up. `body`
+        takes what `publish` takes; decode the reply with `reply.json()` etc.
         """
+        if properties is not None and not isinstance(properties, Properties):
+            raise TypeError(
+                f"properties must be leveret.Properties, got {type(properties).__name__}"
+            )
+        content_type = None
         if type(body) is not bytes:
-            if not isinstance(body, (bytearray, memoryview)):
-                raise TypeError(f"body must be bytes, got {type(body).__name__}: {body!r:.80}")
-            body = bytes(body)
+            body, content_type = encode_body(body)
+        properties = self._complete_properties(properties or Properties(), content_type)
         if self._rpc_client is None:
             self._rpc_client = RpcClient(self)
         return await self._rpc_client.call(
@@ -1523,10 +1618,24 @@ class Connection:
             expiration=expire_unanswered,
         )
 
-    def serve(self, queue: str, handler: Handler, *, concurrency: int = 10) -> RpcServer:
-        """Answer requests on `queue` with `handler(msg) -> bytes`: `async with conn.serve(q, h):`."""
+    def serve(
+        self,
+        queue: str,
+        handler: Handler,
+        *,
+        concurrency: int = 10,
+        include_traceback: bool = False,
+    ) -> RpcServer:
+        """Answer requests on `queue` with `handler(msg) -> reply`: `async with conn.serve(q, h):`.
+
+        The reply may be bytes, str or a JSON-able object (see `publish`).
+        A handler's exception becomes `RemoteError` at the caller, with the
+        type name and message; the traceback only with `include_traceback`.
+        """
         _check_name(queue, "queue name")
-        return RpcServer(self, queue, handler, concurrency=concurrency)
+        return RpcServer(
+            self, queue, handler, concurrency=concurrency, include_traceback=include_traceback
+        )
 
     # -- misc --------------------------------------------------------------------------------------------
 

@@ -55,6 +55,9 @@ class Consumer:
         self._closed = False
         self._starting: asyncio.Task[None] | None = None
         self._cleanup: asyncio.Future[None] | None = None
+        # A stream consumer resumes after the last message handed out, not at its first offset.
+        self._tracks_offset = bool(arguments and "x-stream-offset" in arguments)
+        self._next_offset: int | None = None
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -125,12 +128,18 @@ class Consumer:
     async def __anext__(self) -> Message:
         buffer = self._buffer
         if buffer:
-            return buffer.popleft()
+            message = buffer.popleft()
+            if self._tracks_offset:
+                self._note_offset(message)
+            return message
         if self._channel is None and not self._closed:
             await self.start()
         while True:
             if buffer:
-                return buffer.popleft()
+                message = buffer.popleft()
+                if self._tracks_offset:
+                    self._note_offset(message)
+                return message
             if self._closed:
                 raise StopAsyncIteration
             if self._error is not None:
@@ -140,6 +149,17 @@ class Consumer:
                 await waiter
             finally:
                 self._waiter = None
+
+    def _note_offset(self, message: Message) -> None:
+        offset = message.stream_offset
+        if offset is not None:
+            self._next_offset = offset + 1
+
+    def consume_arguments(self) -> dict[str, Any] | None:
+        """basic.consume arguments; after a reconnect, a stream resumes where the user was."""
+        if self._next_offset is None or self.arguments is None:
+            return self.arguments
+        return {**self.arguments, "x-stream-offset": self._next_offset}
 
     def __len__(self) -> int:
         """Messages received and not yet handed out."""

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from leveret._payload import charset_of, decode_body, decode_json, decode_model
 from leveret._properties import Properties
+from leveret.exceptions import PayloadError
 from leveret.protocol import Delivery
 
 if TYPE_CHECKING:
@@ -13,6 +15,8 @@ if TYPE_CHECKING:
     from leveret.protocol import AMQPConnection
 
 __all__ = ["Message"]
+
+_Model = TypeVar("_Model")
 
 
 class Message:
@@ -120,8 +124,36 @@ class Message:
         return False
 
     def text(self, encoding: str | None = None) -> str:
-        """The body decoded with `content_encoding` (UTF-8 when unset)."""
-        return self.body.decode(encoding or self.properties.content_encoding or "utf-8")
+        """The body as text: `encoding`, else the content type's charset, else UTF-8."""
+        charset = encoding or charset_of(self.properties.content_type or "") or "utf-8"
+        try:
+            return self.body.decode(charset)
+        except (LookupError, UnicodeDecodeError) as exc:
+            raise PayloadError(f"body is not {charset} text ({exc}): {self.body[:80]!r}") from exc
+
+    def json(self) -> Any:
+        """The body parsed as JSON, whatever the content type; PayloadError if it is not JSON."""
+        return decode_json(self.body, self.properties.content_type)
+
+    def model(self, model: type[_Model]) -> _Model:
+        """The body validated into a pydantic model class; PayloadError names what is wrong."""
+        return decode_model(self.body, model)
+
+    def decode(self) -> Any:
+        """By content type: JSON for application/json, str for text/*, else the raw bytes."""
+        props = self.properties
+        return decode_body(self.body, props.content_type, props.content_encoding)
+
+    @property
+    def message_id(self) -> str | None:
+        return self._delivery.properties.message_id
+
+    @property
+    def stream_offset(self) -> int | None:
+        """For messages consumed from a stream: their offset in it."""
+        headers = self._delivery.properties.headers
+        offset = headers.get("x-stream-offset") if headers else None
+        return offset if isinstance(offset, int) else None
 
     def __repr__(self) -> str:
         body = self.body

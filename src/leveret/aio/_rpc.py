@@ -17,12 +17,14 @@ import asyncio
 import itertools
 import logging
 import os
+import traceback
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pamqp import commands
 
+from leveret._payload import encode_body
 from leveret._properties import Properties
 from leveret.aio._channel import Outgoing
 from leveret.aio._consumer import Consumer
@@ -42,7 +44,9 @@ log = logging.getLogger("leveret")
 REPLY_QUEUE = "amq.rabbitmq.reply-to"
 ERROR_TYPE_HEADER = "x-leveret-error-type"
 ERROR_MESSAGE_HEADER = "x-leveret-error-message"
-Handler = Callable[[Message], Awaitable[bytes | bytearray | memoryview | None]]
+ERROR_TRACEBACK_HEADER = "x-leveret-error-traceback"
+Handler = Callable[[Message], Awaitable[Any]]
+"""Returns the reply body: bytes, str, a JSON-able object, or None for an empty reply."""
 
 
 class _ReplySink(Consumer):
@@ -164,7 +168,9 @@ class RpcClient:
         headers = message.properties.headers
         if headers and ERROR_TYPE_HEADER in headers:
             raise RemoteError(
-                _text(headers.get(ERROR_TYPE_HEADER)), _text(headers.get(ERROR_MESSAGE_HEADER))
+                _text(headers.get(ERROR_TYPE_HEADER)),
+                _text(headers.get(ERROR_MESSAGE_HEADER)),
+                _text(headers.get(ERROR_TRACEBACK_HEADER)) or None,
             )
         return message
 
@@ -224,6 +230,7 @@ class RpcServer:
         self.queue = queue
         self._handler = handler
         self._concurrency = concurrency
+        self._include_traceback = include_traceback
         self._consumer = connection.consume(queue, prefetch=concurrency)
         self._runner: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -274,7 +281,10 @@ class RpcServer:
         reply_props = Properties(correlation_id=props.correlation_id)
         try:
             result = await self._handler(request)
-            body = b"" if result is None else bytes(result)
+            if result is None:
+                body = b""
+            else:
+                body, reply_props.content_type = encode_body(result, "the handler's reply")
         except Exception as exc:  # the caller gets the error; the server lives on
             log.exception("leveret: RPC handler for %r raised", self.queue)
             body = b""
@@ -282,6 +292,10 @@ class RpcServer:
                 ERROR_TYPE_HEADER: type(exc).__name__,
                 ERROR_MESSAGE_HEADER: str(exc),
             }
+            if self._include_traceback:  # off by default: tracebacks leak internals
+                reply_props.headers[ERROR_TRACEBACK_HEADER] = "".join(
+                    traceback.format_exception(exc)
+                )
         try:
             await self._connection.publish(body, routing_key=props.reply_to, properties=reply_props)
         except LeveretError as exc:

@@ -14,6 +14,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from leveret import aio
+from leveret._payload import encode_body
 from leveret._properties import Properties
 from leveret._url import ConnectionParameters
 from leveret.aio import Backoff, QueueInfo
@@ -29,7 +30,7 @@ __all__ = ["Body", "Connection", "connect"]
 log = logging.getLogger("leveret")
 
 T = TypeVar("T")
-Body = bytes | bytearray | memoryview
+Body = bytes | bytearray | memoryview | str | Any
 Listener = Callable[[str, BaseException | None], None]
 PUBLISH_OPTIONS = frozenset(
     {"routing_key", "exchange", "properties", "persistent", "mandatory", "timeout"}
@@ -53,6 +54,7 @@ def connect(
     operation_timeout: float = 60.0,
     separate_publisher: bool = True,
     max_in_flight: int = 10_000,
+    stamp_messages: bool = True,
 ) -> Connection:
     """Connect to RabbitMQ: `with leveret.blocking.connect(url) as conn:` (or `conn = connect(url)`
     and later `conn.close()`).
@@ -75,6 +77,7 @@ def connect(
         operation_timeout=operation_timeout,
         separate_publisher=separate_publisher,
         max_in_flight=max_in_flight,
+        stamp_messages=stamp_messages,
     )
     portal = Portal(f"leveret-io-{next(_thread_numbers)}")
     try:
@@ -530,10 +533,15 @@ def _batches(
     """Slices of (body, options), each with the TypeError of a bad item that ended it (if any)."""
     batch: list[tuple[Body, dict[str, Any]]] = []
     for index, item in enumerate(messages):
-        if isinstance(item, (bytes, bytearray, memoryview)):
+        if type(item) is bytes:
             batch.append((item, defaults))
         elif isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], Mapping):
             body, options = item
+            try:
+                encode_body(body)
+            except TypeError as exc:
+                yield batch, TypeError(f"publish_many: message #{index}: {exc}")
+                return
             unknown = set(options) - PUBLISH_OPTIONS
             if unknown:
                 yield (
@@ -546,14 +554,18 @@ def _batches(
                 return
             batch.append((body, {**defaults, **options}))
         else:
-            yield (
-                batch,
-                TypeError(
-                    f"publish_many: message #{index} must be bytes or a (body, options) pair, "
-                    f"got {type(item).__name__}: {item!r:.80}"
-                ),
-            )
-            return
+            try:
+                encode_body(item)
+            except TypeError as exc:
+                yield (
+                    batch,
+                    TypeError(
+                        f"publish_many: message #{index} must be a body or a (body, options) "
+                        f"pair: {exc}"
+                    ),
+                )
+                return
+            batch.append((item, defaults))
         if len(batch) >= _BATCH:
             yield batch, None
             batch = []

@@ -356,6 +356,28 @@ def encode_properties(p: Properties, persistent: bool = False) -> bytes:
     return _U16.pack(flags) + b"".join(parts)
 
 
+def stamp_prefix(content_type: str | None, persistent: bool) -> bytes:
+    """Flags and leading values of a content header that ends in message_id and timestamp.
+
+    `stamped_properties` appends those two per message, byte-identical to
+    `encode_properties` of the same values, without building a Properties.
+    """
+    flags = _FLAG_MESSAGE_ID | _FLAG_TIMESTAMP
+    parts = []
+    if content_type:
+        flags |= _FLAG_CONTENT_TYPE
+        parts.append(encode_shortstr(content_type, "content_type"))
+    if persistent:
+        flags |= _FLAG_DELIVERY_MODE
+        parts.append(b"\x02")
+    return _U16.pack(flags) + b"".join(parts)
+
+
+def stamped_properties(prefix: bytes, message_id: str, timestamp: bytes) -> bytes:
+    """`prefix` from `stamp_prefix`, then a message id (ASCII, < 256 bytes) and a packed timestamp."""
+    return prefix + _U8.pack(len(message_id)) + message_id.encode("ascii") + timestamp
+
+
 def _octet(value: int, what: str) -> bytes:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 255:
         raise ValueError(f"{what} must be an int from 0 to 255, got {value!r}")
