@@ -23,9 +23,31 @@ from leveret.exceptions import __all__ as _exceptions_all
 
 if TYPE_CHECKING:
     from leveret import blocking
-    from leveret.aio import Backoff, Connection, Consumer, Message, QueueInfo, connect
+    from leveret.aio import (
+        Backoff,
+        Connection,
+        Consumer,
+        Listening,
+        Message,
+        QueueInfo,
+        Retry,
+        Subscription,
+        connect,
+    )
 
-_ASYNCIO_NAMES = frozenset({"Backoff", "Connection", "Consumer", "Message", "QueueInfo", "connect"})
+_ASYNCIO_NAMES = frozenset(
+    {
+        "Backoff",
+        "Connection",
+        "Consumer",
+        "Listening",
+        "Message",
+        "QueueInfo",
+        "Retry",
+        "Subscription",
+        "connect",
+    }
+)
 
 __all__ = [
     "Backoff",
@@ -34,9 +56,12 @@ __all__ = [
     "Consumer",
     "FieldTable",
     "FieldValue",
+    "Listening",
     "Message",
     "Properties",
     "QueueInfo",
+    "Retry",
+    "Subscription",
     "__version__",
     "blocking",
     "connect",

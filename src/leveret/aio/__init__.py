@@ -4,6 +4,19 @@ from leveret.aio._backoff import Backoff
 from leveret.aio._connect import connect
 from leveret.aio._connection import Connection, QueueInfo
 from leveret.aio._consumer import Consumer
+from leveret.aio._listening import Listening
 from leveret.aio._message import Message
+from leveret.aio._retry import Retry
+from leveret.aio._subscription import Subscription
 
-__all__ = ["Backoff", "Connection", "Consumer", "Message", "QueueInfo", "connect"]
+__all__ = [
+    "Backoff",
+    "Connection",
+    "Consumer",
+    "Listening",
+    "Message",
+    "QueueInfo",
+    "Retry",
+    "Subscription",
+    "connect",
+]

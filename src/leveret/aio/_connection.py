@@ -57,8 +57,17 @@ from leveret._url import ConnectionParameters
 from leveret.aio._backoff import Backoff
 from leveret.aio._channel import ChannelHandle, Outgoing
 from leveret.aio._consumer import Consumer
+from leveret.aio._listening import Listening
 from leveret.aio._message import Message
+from leveret.aio._retry import Retry
 from leveret.aio._rpc import Handler, RpcClient, RpcServer
+from leveret.aio._subscription import (
+    ErrorPolicy,
+    MessageHandler,
+    Subscription,
+    check_handler,
+    check_subscription_options,
+)
 from leveret.aio._topology import ExchangeRecord, QueueBindingRecord, QueueRecord, Topology
 from leveret.exceptions import (
     AuthenticationFailed,
@@ -1518,6 +1527,112 @@ class Connection:
             exclusive=exclusive,
             arguments=arguments,
             consumer_tag=consumer_tag,
+        )
+
+    def subscribe(
+        self,
+        queue: str,
+        handler: MessageHandler,
+        *,
+        concurrency: int = 1,
+        prefetch: int | None = None,
+        on_error: ErrorPolicy = "requeue_once",
+        retry: Retry | None = None,
+        exclusive: bool = False,
+        arguments: dict[str, Any] | None = None,
+        offset: StreamOffset | None = None,
+    ) -> Subscription:
+        """Run `handler(msg)` for each message of `queue`: `async with conn.subscribe(q, h):`.
+
+        Up to `concurrency` handlers run at once (`prefetch` defaults to the
+        same). A handler that returns acks its message; one that raises is
+        dealt with by `on_error` ("requeue_once", "reject" or "requeue", see
+        `Subscription`) or, with `retry=leveret.Retry(delays=(1, 10, 60))`,
+        retried after each delay and then parked in `<queue>.parked`.
+        """
+        check_handler(handler)
+        check_subscription_options(concurrency, on_error, retry)
+        consumer = self.consume(
+            queue,
+            prefetch=concurrency if prefetch is None else prefetch,
+            exclusive=exclusive,
+            arguments=arguments,
+            offset=offset,
+        )
+        return Subscription(
+            self, consumer, handler, concurrency=concurrency, on_error=on_error, retry=retry
+        )
+
+    async def declare_bound_queue(
+        self,
+        exchange: str,
+        type: ExchangeType = "fanout",
+        *,
+        routing_keys: Sequence[str] = (),
+        match: dict[str, Any] | None = None,
+        match_all: bool = True,
+        queue: str = "",
+        durable_exchange: bool = False,
+        durable: bool | None = None,
+    ) -> QueueInfo:
+        """Declare `exchange`, a queue, and the bindings between them, in one call.
+
+        The queue is server-named and exclusive unless `queue` names one (a
+        named queue is durable and outlives the connection, for subscribers
+        that must not miss messages while away). Bind it with `routing_keys`
+        (one binding each: direct names, or topic patterns with `*` and `#`;
+        fanout needs none) or, for a headers exchange, `match` (all of the
+        headers must match, or any of them with `match_all=False`).
+        """
+        if isinstance(routing_keys, str):
+            raise TypeError(
+                f"routing_keys must be a list of keys, got the str {routing_keys!r} "
+                f"(write routing_keys=[{routing_keys!r}])"
+            )
+        if match is not None and type != "headers":
+            raise ValueError(f"match= is for headers exchanges, not {type!r}")
+        if type == "headers" and match is None:
+            raise ValueError("a headers exchange binding needs match={header: value, ...}")
+        if type == "fanout" and routing_keys:
+            raise ValueError(f"a fanout exchange ignores routing keys, got {list(routing_keys)!r}")
+        await self.declare_exchange(exchange, type, durable=durable_exchange)
+        if queue:
+            info = await self.declare_queue(queue, durable=True if durable is None else durable)
+        else:
+            info = await self.declare_queue("", exclusive=True, durable=bool(durable))
+        if match is not None:
+            arguments = {"x-match": "all" if match_all else "any", **match}
+            await self.bind_queue(info.name, exchange, arguments=arguments)
+        else:
+            for routing_key in routing_keys or [""]:
+                await self.bind_queue(info.name, exchange, routing_key)
+        return info
+
+    def listen(
+        self,
+        exchange: str,
+        type: ExchangeType = "fanout",
+        *,
+        routing_keys: Sequence[str] = (),
+        match: dict[str, Any] | None = None,
+        match_all: bool = True,
+        prefetch: int = 100,
+        durable_exchange: bool = False,
+    ) -> Listening:
+        """Messages published to `exchange` from now on: `async with conn.listen(...) as messages:`.
+
+        Declares the exchange and a private (server-named, exclusive) queue
+        bound as `declare_bound_queue` does; the queue is deleted on leaving.
+        """
+        return Listening(
+            self,
+            exchange,
+            type,
+            routing_keys=routing_keys,
+            match=match,
+            match_all=match_all,
+            prefetch=prefetch,
+            durable_exchange=durable_exchange,
         )
 
     async def _start_consumer(self, consumer: Consumer, recovering: bool = False) -> None:

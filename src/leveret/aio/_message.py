@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from leveret._payload import charset_of, decode_body, decode_json, decode_model
 from leveret._properties import Properties
+from leveret.aio._retry import retry_attempt
 from leveret.exceptions import PayloadError
 from leveret.protocol import Delivery
 
@@ -143,6 +144,11 @@ class Message:
         """By content type: JSON for application/json, str for text/*, else the raw bytes."""
         props = self.properties
         return decode_body(self.body, props.content_type, props.content_encoding)
+
+    @property
+    def attempt(self) -> int:
+        """1 for a first try; n + 1 after n passes through a `Retry` schedule's queues."""
+        return retry_attempt(self.headers)
 
     @property
     def message_id(self) -> str | None:

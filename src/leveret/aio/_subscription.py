@@ -1,0 +1,229 @@
+"""Handler-style consuming: `async with conn.subscribe(queue, handler, concurrency=N):`.
+
+The subscription runs up to N handlers at once and settles each message by
+what its handler did, so user code never forgets an ack:
+
+- the handler returns: ack;
+- the handler settled the message itself: nothing more;
+- the handler raised: the `on_error` policy, or the `retry` schedule.
+
+Leaving the block stops taking messages, waits (up to the connection's
+`close_timeout`) for running handlers, then closes the consumer; whatever
+was not acked goes back to the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal
+
+from leveret.aio._consumer import Consumer
+from leveret.aio._message import Message
+from leveret.aio._retry import Retry
+
+if TYPE_CHECKING:
+    from leveret.aio._connection import Connection
+
+__all__ = [
+    "ErrorPolicy",
+    "MessageHandler",
+    "Subscription",
+    "check_handler",
+    "check_subscription_options",
+]
+
+log = logging.getLogger("leveret")
+
+MessageHandler = Callable[[Message], Awaitable[Any]]
+ErrorPolicy = Literal["requeue_once", "reject", "requeue"]
+ERROR_POLICIES: tuple[str, ...] = ("requeue_once", "reject", "requeue")
+
+
+class Subscription:
+    """A consumer whose messages go to `handler`, up to `concurrency` at a time.
+
+    On a handler exception, `on_error` decides (unless `retry` is given):
+
+    - "requeue_once" (the default): the first failure requeues the message
+      for one more try; a message that fails again after coming back
+      (`redelivered`) is rejected, i.e. dead-lettered when the queue has a
+      dead-letter exchange and dropped otherwise. Nothing loops forever.
+    - "reject": reject at once, without requeueing.
+    - "requeue": always requeue. A message that always fails then loops
+      forever: use only when failures are known to be transient.
+
+    With `retry=Retry(delays=...)`, a failed message is retried after each
+    delay in turn (through TTL'd retry queues) and parked after the last.
+    """
+
+    def __init__(
+        self,
+        connection: Connection,
+        consumer: Consumer,
+        handler: MessageHandler,
+        *,
+        concurrency: int,
+        on_error: ErrorPolicy,
+        retry: Retry | None,
+    ) -> None:
+        self._connection = connection
+        self._consumer = consumer
+        self._handler = handler
+        self._slots = asyncio.Semaphore(concurrency)
+        self.concurrency = concurrency
+        self.on_error = on_error
+        self.retry = retry
+        self._runner: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self.handled = 0  # messages whose handler returned
+        self.failed = 0  # messages whose handler raised
+
+    @property
+    def queue(self) -> str:
+        """The queue consumed (after a reconnect, a server-named queue's new name)."""
+        return self._consumer.queue
+
+    @property
+    def running(self) -> int:
+        """Handlers running right now."""
+        return len(self._tasks)
+
+    async def start(self) -> None:
+        if self._runner is not None:
+            return
+        if self.retry is not None:
+            await self.retry.declare(self._connection, self._consumer.queue)
+        await self._consumer.start()
+        self._runner = asyncio.ensure_future(self._run())
+
+    async def __aenter__(self) -> Subscription:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        failure = await self._stop()
+        if failure is not None and exc is None:
+            raise failure.with_traceback(None)
+
+    async def close(self) -> None:
+        """Stop taking messages, let running handlers finish (bounded), close the consumer."""
+        await self._stop()
+
+    async def wait_closed(self) -> None:
+        """Run until the subscription ends; raises why (e.g. ConsumerCancelled, a channel error)."""
+        if self._runner is None:
+            await self.start()
+        assert self._runner is not None
+        await asyncio.shield(self._runner)
+
+    async def _stop(self) -> BaseException | None:
+        if self._closed:
+            return None
+        self._closed = True
+        failure: BaseException | None = None
+        runner = self._runner
+        if runner is not None:
+            if runner.done():
+                if not runner.cancelled():
+                    failure = runner.exception()
+            else:
+                runner.cancel()
+                try:
+                    await runner
+                except asyncio.CancelledError:
+                    pass
+                except Exception as exc:  # noqa: BLE001 - reported to the caller below
+                    failure = exc
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=self._connection.close_timeout)
+            for task in pending:  # their messages go back to the queue when the channel closes
+                log.warning(
+                    "leveret: a handler on %r did not finish within close_timeout=%ss; cancelled",
+                    self.queue,
+                    self._connection.close_timeout,
+                )
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+        await self._consumer.close()
+        return failure
+
+    async def _run(self) -> None:
+        slots = self._slots
+        consumer = self._consumer
+        while True:
+            await slots.acquire()
+            try:
+                message = await anext(consumer)
+            except BaseException:
+                slots.release()
+                raise
+            task = asyncio.ensure_future(self._handle(message))
+            self._tasks.add(task)
+            task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+
+    async def _handle(self, message: Message) -> None:
+        try:
+            await self._handler(message)
+        except asyncio.CancelledError:
+            raise  # closing: the message is requeued with the channel
+        except Exception as exc:  # noqa: BLE001 - the policy below decides; never lost
+            self.failed += 1
+            if message.settled or message.stale:
+                log.warning("leveret: handler for %r raised after settling: %r", self.queue, exc)
+                return
+            if self.retry is not None:
+                await self.retry.failed(self._connection, self._consumer.queue, message, exc)
+            else:
+                self._apply_policy(message, exc)
+            return
+        self.handled += 1
+        if not message.settled:
+            message.ack()
+
+    def _apply_policy(self, message: Message, exc: Exception) -> None:
+        policy = self.on_error
+        if policy == "requeue" or (policy == "requeue_once" and not message.redelivered):
+            log.warning(
+                "leveret: handler for %r raised %r; message requeued", self.queue, exc, exc_info=exc
+            )
+            message.nack(requeue=True)
+        else:
+            log.error(
+                "leveret: handler for %r raised %r; message rejected (dead-lettered if the queue "
+                "has a dead-letter exchange)",
+                self.queue,
+                exc,
+                exc_info=exc,
+            )
+            message.reject(requeue=False)
+
+
+def check_handler(handler: object, what: str = "handler") -> None:
+    """Refuse a plain function up front: its messages would otherwise fail one by one."""
+    call = getattr(handler, "__call__", None)  # noqa: B004 - async callable objects count too
+    if not (inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(call)):
+        raise TypeError(f"{what} must be an async function (async def), got {handler!r}")
+
+
+def check_subscription_options(concurrency: object, on_error: object, retry: object) -> None:
+    if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
+        raise ValueError(f"concurrency must be a positive int, got {concurrency!r}")
+    if on_error not in ERROR_POLICIES:
+        raise ValueError(f"on_error must be one of {', '.join(ERROR_POLICIES)}, got {on_error!r}")
+    if retry is not None and not isinstance(retry, Retry):
+        raise TypeError(f"retry must be a leveret.Retry, got {type(retry).__name__}")
