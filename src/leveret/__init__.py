@@ -16,6 +16,7 @@ event-loop machinery.
 from typing import TYPE_CHECKING, Any
 
 from leveret._properties import FieldTable, FieldValue, Properties
+from leveret._queue_arguments import QueueType, StreamOffset
 from leveret._url import ConnectionParameters, parse_url
 from leveret._version import __version__
 from leveret.exceptions import *  # noqa: F403
@@ -60,7 +61,9 @@ __all__ = [
     "Message",
     "Properties",
     "QueueInfo",
+    "QueueType",
     "Retry",
+    "StreamOffset",
     "Subscription",
     "__version__",
     "blocking",

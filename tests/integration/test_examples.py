@@ -307,3 +307,35 @@ async def test_demo(rabbitmq_url: str) -> None:
     assert redeliveries == nacked != "0"  # 1% of 2000 nacked: none at all has odds of 2e-9
     assert any(re.search(r"\d+ msg/s", line) for line in lines), lines
     assert lines[-1].startswith("OK"), lines
+
+
+async def test_retry_and_parking_lot(rabbitmq_url: str, conn: leveret.Connection) -> None:
+    lines = await run(rabbitmq_url, "08_retry", "--delays", "0.1", "0.2")
+    assert [line for line in lines if line.startswith(" [x] order-2")] == [
+        " [x] order-2 (flaky), attempt 1",
+        " [x] order-2 (flaky), attempt 2",
+        " [x] order-2 (flaky), attempt 3",
+    ]
+    assert lines[-3:] == [
+        " [=] order-1: done on attempt 1",
+        " [=] order-2: done on attempt 3",
+        " [=] order-3: parked: RuntimeError: cannot process order-3 yet",
+    ]
+    retry = leveret.Retry(delays=(0.1, 0.2))
+    for name in (
+        "orders",
+        retry.parking_queue("orders"),
+        *(retry.retry_queue("orders", d) for d in retry.delays),
+    ):
+        await conn.delete_queue(name)
+
+
+async def test_streams(rabbitmq_url: str, conn: leveret.Connection) -> None:
+    lines = await run(rabbitmq_url, "09_streams")
+    events = "['0:event 0', '1:event 1', '2:event 2']"
+    assert lines == [
+        f" [x] first: {events}",
+        f" [x] first again: {events}",
+        " [x] next: ['3:event 3']",
+    ]
+    await conn.delete_queue("events")
