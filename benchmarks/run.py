@@ -1,0 +1,459 @@
+"""`make bench`: leveret against the other Python AMQP clients, written up in docs/benchmarks.md.
+
+Runs the shared harness (../shared/bench/run.py, see its README) with leveret's adapter
+(benchmarks/leveret_bench.py) and the peer clients on identical workloads against a private
+RabbitMQ node started here (or --url), then writes docs/benchmarks.md (tables with ratios
+against the raw floor and the peers) and docs/benchmarks.png (bar charts).
+
+The peers run in their own venv (default .bench-venv: aio-pika, aiormq, pika and matplotlib;
+carehare in .bench-venv-carehare because it pins pamqp<4), created on first use, so neither
+they nor matplotlib are ever needed by leveret or its tests. leveret itself runs from the
+interpreter running this script.
+
+    python benchmarks/run.py                         # everything, a few minutes
+    python benchmarks/run.py --repeat 1 --n 5000     # a quick look
+    python benchmarks/run.py --from-json results.json  # only rewrite the docs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_HARNESS = ROOT.parent / "shared" / "bench" / "run.py"
+PEERS = ["aio_pika", "aiormq", "pika", "pika_select"]
+CLIENTS = ["leveret", *PEERS, "raw_limit"]
+WORKLOADS = ["publish_confirm", "consume_ack", "rpc_latency"]
+BENCH_PACKAGES = ["aio-pika", "aiormq", "pika", "matplotlib"]
+BENCH_IMPORTS = "import aio_pika, aiormq, pika, matplotlib"
+RAW = "raw_limit"
+DESCRIPTIONS = {
+    "publish_confirm": "N publishes of 128 B to a fresh queue with publisher confirms, "
+    "at most 1000 unconfirmed, until all are confirmed",
+    "consume_ack": "N messages of 128 B from a pre-filled queue, prefetch 1000, each acked",
+    "rpc_latency": "sequential request/reply calls of 64 B (server and client in one process)",
+}
+
+
+def log(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+# -- venvs --------------------------------------------------------------------------------------
+
+
+def _venv_python(venv: Path) -> Path:
+    return venv / "bin" / "python"
+
+
+def _imports(python: Path, statement: str) -> bool:
+    return (
+        python.exists()
+        and subprocess.run([python, "-c", statement], capture_output=True).returncode == 0
+    )
+
+
+def ensure_venv(venv: Path, packages: list[str], imports: str, install: bool) -> Path | None:
+    """The venv's python once `imports` works in it, installing `packages` if allowed."""
+    python = _venv_python(venv)
+    if _imports(python, imports):
+        return python
+    if not install:
+        return None
+    log(f"installing {' '.join(packages)} into {venv}")
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", venv], check=True)
+    pip = [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    if subprocess.run([*pip, *packages]).returncode != 0:
+        return None
+    return python if _imports(python, imports) else None
+
+
+# -- the broker ---------------------------------------------------------------------------------
+
+
+class Broker:
+    """A private node from leveret.testing, or the broker at --url."""
+
+    def __init__(self, url: str | None) -> None:
+        self.url = url
+        self.node: Any = None
+
+    def __enter__(self) -> Broker:
+        if self.url is None:
+            from leveret.testing import RabbitMQNode
+
+            log("starting a private RabbitMQ node")
+            self.node = RabbitMQNode.start()
+            self.url = self.node.url
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.node is not None:
+            log("stopping the node")
+            self.node.stop()
+
+    def pid(self) -> str:
+        """beam.smp's pid, for the harness's broker CPU figures ("none" if unknown)."""
+        if self.node is None:
+            return "auto"
+        try:
+            text = (Path(self.node.base_dir) / "node.pid").read_text().strip()
+        except OSError:
+            return "none"
+        return text if text.isdigit() else "none"
+
+    def version(self) -> str | None:
+        if self.node is None:
+            return None
+        try:
+            return str(self.node.ctl("version").strip())
+        except Exception:  # noqa: BLE001 - a nicety for the report
+            return None
+
+
+# -- running ------------------------------------------------------------------------------------
+
+
+def run_harness(args: argparse.Namespace, bench_python: Path, clients: list[str], out: Path) -> int:
+    with Broker(args.url) as broker:
+        assert broker.url is not None
+        command = [
+            str(bench_python),
+            str(args.harness),
+            "--client-dir",
+            str(ROOT / "benchmarks"),
+            "--python-for",
+            f"leveret={sys.executable}",
+            "--clients",
+            ",".join(clients),
+            "--workloads",
+            ",".join(args.workloads),
+            "--n",
+            str(args.n),
+            "--rpc-calls",
+            str(args.rpc_calls),
+            "--repeat",
+            str(args.repeat),
+            "--url",
+            broker.url,
+            "--broker-pid",
+            broker.pid(),
+            "--json",
+            str(out),
+        ]
+        log(" ".join(command))
+        code = subprocess.run(command).returncode
+        if out.exists():
+            data = json.loads(out.read_text())
+            data["meta"]["broker_version"] = broker.version()
+            data["meta"]["machine"] = (
+                f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs"
+            )
+            out.write_text(json.dumps(data, indent=1, sort_keys=True))
+    return code
+
+
+# -- the report ---------------------------------------------------------------------------------
+
+
+def _cells(data: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(s["client"], s["workload"]): s for s in data["summary"]}
+
+
+def _num(value: float | None, digits: int = 0) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}" if value >= 100 or digits == 0 else f"{value:.{digits}f}"
+
+
+def _ratio(value: float | None, base: float | None) -> str:
+    if value is None or not base:
+        return "-"
+    return f"{value / base:.2f}x"
+
+
+def _status(cell: dict[str, Any]) -> str | None:
+    """Why a cell has no figures, or None when it has them."""
+    if cell.get("skipped"):
+        return f"skipped: {cell['skipped']}"
+    if not cell.get("ok_runs"):
+        return f"failed: {'; '.join(str(e) for e in cell.get('errors', []))[:200]}"
+    return None
+
+
+def workload_table(
+    cells: dict[tuple[str, str], dict[str, Any]], clients: list[str], workload: str
+) -> list[str]:
+    rpc = workload == "rpc_latency"
+    key = "p50_us_median" if rpc else "cpu_us_per_msg_median"
+    raw = cells.get((RAW, workload), {}).get(key)
+    ours = cells.get(("leveret", workload), {}).get(key)
+    if rpc:
+        head = "| client | calls/s | p50 µs | p99 µs | CPU µs/call | p50 vs raw floor | p50 vs leveret |"
+    else:
+        head = "| client | msgs/s | CPU µs/msg | broker CPU µs/msg | CPU vs raw floor | CPU vs leveret |"
+    lines = [head, "|---" * (head.count("|") - 1) + "|"]
+    for client in clients:
+        cell = cells.get((client, workload))
+        if cell is None:
+            continue
+        name = f"**{client}**" if client == "leveret" else client
+        why = _status(cell)
+        if why is not None:
+            lines.append(f"| {name} | {why} |" + " |" * (head.count("|") - 3))
+            continue
+        runs = (
+            f" ({cell['ok_runs']}/{cell['runs']} runs)" if cell["ok_runs"] != cell["runs"] else ""
+        )
+        value = cell.get(key)
+        if rpc:
+            lines.append(
+                f"| {name}{runs} | {_num(cell.get('msgs_per_s_median'))} | {_num(value)} "
+                f"| {_num(cell.get('p99_us_median'))} | {_num(cell.get('cpu_us_per_msg_median'))} "
+                f"| {_ratio(value, raw)} | {_ratio(value, ours)} |"
+            )
+        else:
+            lines.append(
+                f"| {name}{runs} | {_num(cell.get('msgs_per_s_median'))} | {_num(value, 1)} "
+                f"| {_num(cell.get('broker_cpu_us_per_msg_median'), 1)} "
+                f"| {_ratio(value, raw)} | {_ratio(value, ours)} |"
+            )
+    return lines
+
+
+def headline(
+    cells: dict[tuple[str, str], dict[str, Any]], clients: list[str], workload: str
+) -> str | None:
+    """One sentence: leveret against the floor and the best peer."""
+    rpc = workload == "rpc_latency"
+    key = "p50_us_median" if rpc else "cpu_us_per_msg_median"
+    ours = cells.get(("leveret", workload), {}).get(key)
+    raw = cells.get((RAW, workload), {}).get(key)
+    peers = [
+        (cells[(c, workload)].get(key), c)
+        for c in clients
+        if c not in ("leveret", RAW) and (c, workload) in cells
+    ]
+    peers = [(v, c) for v, c in peers if v is not None]
+    if ours is None:
+        return None
+    rate = cells[("leveret", workload)].get("msgs_per_s_median")
+    unit = "calls/s" if rpc else "msgs/s"
+    what = "median round trip" if rpc else "client CPU per message"
+    text = f"`{workload}`: leveret {_num(rate)} {unit}, {what} {_num(ours, 0 if rpc else 1)} µs"
+    if raw:
+        text += f" ({ours / raw:.1f}x the raw floor)"
+    if peers:
+        best, name = min(peers)
+        text += (
+            f"; best peer {name}: {_num(best, 0 if rpc else 1)} µs ({best / ours:.2f}x leveret's)"
+        )
+    return text + "."
+
+
+def render(data: dict[str, Any], png: str | None) -> str:
+    meta = data["meta"]
+    cells = _cells(data)
+    clients = list(dict.fromkeys(s["client"] for s in data["summary"]))
+    workloads = list(dict.fromkeys(s["workload"] for s in data["summary"]))
+    versions = {
+        k: v
+        for info in meta.get("versions", {}).values()
+        if isinstance(info, dict)
+        for k, v in info.items()
+    }
+    lines = [
+        "# Benchmarks",
+        "",
+        "leveret against the other Python AMQP 0-9-1 clients, on identical workloads, measured by",
+        "the shared harness (`../shared/bench/run.py`) with leveret's adapter",
+        "`benchmarks/leveret_bench.py` (public API only). Regenerate with `make bench`",
+        "(`python benchmarks/run.py`), which also writes this page and `benchmarks.png`.",
+        "",
+        f"Measured {meta.get('started', '?')}: {meta.get('machine', '?')}, "
+        f"Python {versions.get('python', '?')}, RabbitMQ {meta.get('broker_version') or '?'}, "
+        "broker and clients on the same machine (a private node on loopback).",
+        f"N = {meta['n']:,} messages (128 B), {meta['rpc_calls']:,} RPC calls (64 B), window "
+        f"{meta['window']}, prefetch {meta['prefetch']}; each cell is the median of {meta['repeat']} "
+        "runs, each run a fresh process. Versions: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(versions.items()) if k != "python")
+        + ".",
+        "",
+        "*raw_limit* is the harness's stdlib-only client of struct-packed frames with no API at all:",
+        "the pure-Python floor. CPU is the client process's user+sys time per message",
+        "(`getrusage`), the steadier figure when broker and client share the cores; a ratio",
+        "above 1 means more CPU (or a slower round trip) than the reference column.",
+        "",
+    ]
+    for workload in workloads:
+        sentence = headline(cells, clients, workload)
+        if sentence:
+            lines.append(f"- {sentence}")
+    lines.append("")
+    if png:
+        lines += [f"![throughput and CPU per message]({png})", ""]
+    for workload in workloads:
+        lines += [f"## {workload}", "", DESCRIPTIONS.get(workload, ""), ""]
+        lines += workload_table(cells, clients, workload)
+        lines += ["", "How each client ran it (the adapter's own description):", ""]
+        for client in clients:
+            modes = cells.get((client, workload), {}).get("modes")
+            if modes and any(modes):
+                lines.append(f"- {client}: {'; '.join(m for m in modes if m)}")
+        lines.append("")
+    lines += [
+        "## Notes",
+        "",
+        "- Every run is verified: the harness checks queue depths independently after each",
+        "  process exits (N after publishing, 0 after consuming) and that every RPC reply",
+        "  matches its request; a failed check fails the cell.",
+        "- leveret has no fire-and-forget publish (every `publish()` waits for its confirm), so",
+        "  the harness's `publish_noconfirm` workload does not apply to it.",
+        "- `rpc_latency` is not like for like: leveret's `serve()` publishes each reply with a",
+        "  publisher confirm and acks the request only after it, while the peers' servers use",
+        "  no-ack consumers and no confirms. Its RPC figures include that extra safety.",
+        "- raw_limit is a floor for CPU per message, not a ceiling for throughput: with broker",
+        "  and client on the same cores, msgs/s also depends on how the broker is scheduled,",
+        "  so a client can pass it in msgs/s while using more CPU.",
+        "- Absolute figures depend on the machine and on whatever else runs on it; compare",
+        "  within one table, re-run everything together when comparing.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot(data: dict[str, Any], path: str) -> None:
+    """Bar charts: throughput per workload, and CPU per message (RPC: median latency)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = _cells(data)
+    clients = list(dict.fromkeys(s["client"] for s in data["summary"]))
+    workloads = list(dict.fromkeys(s["workload"] for s in data["summary"]))
+    figure, axes = plt.subplots(2, len(workloads), figsize=(4.2 * len(workloads), 7), squeeze=False)
+    for column, workload in enumerate(workloads):
+        rpc = workload == "rpc_latency"
+        rows = [
+            ("msgs_per_s_median", "calls/s" if rpc else "msgs/s (higher is better)"),
+            ("p50_us_median" if rpc else "cpu_us_per_msg_median",
+             "p50 µs (lower is better)" if rpc else "client CPU µs/msg (lower is better)"),
+        ]  # fmt: skip
+        for row, (key, label) in enumerate(rows):
+            axis = axes[row][column]
+            names = [c for c in clients if cells.get((c, workload), {}).get(key) is not None]
+            values = [cells[(c, workload)][key] for c in names]
+            colours = [
+                "#d9480f" if c == "leveret" else "#868e96" if c == RAW else "#4c6ef5" for c in names
+            ]
+            bars = axis.bar(names, values, color=colours)
+            axis.bar_label(bars, labels=[_num(v, 0 if v >= 100 else 1) for v in values], fontsize=7)
+            axis.set_title(f"{workload}: {label}", fontsize=9)
+            axis.tick_params(axis="x", labelrotation=35, labelsize=8)
+            axis.tick_params(axis="y", labelsize=8)
+            axis.margins(y=0.15)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def write_docs(data: dict[str, Any], docs: Path, bench_python: Path | None) -> None:
+    docs.mkdir(exist_ok=True)
+    png = docs / "benchmarks.png"
+    drawn = False
+    if bench_python is not None:
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+            json.dump(data, handle)
+        try:
+            drawn = (
+                subprocess.run([bench_python, __file__, "--plot", handle.name, str(png)]).returncode
+                == 0
+            )
+        finally:
+            os.unlink(handle.name)
+    if not drawn:
+        log("no matplotlib: docs/benchmarks.png not drawn")
+    (docs / "benchmarks.md").write_text(render(data, png.name if drawn or png.exists() else None))
+    log(f"wrote {docs / 'benchmarks.md'}" + (f" and {png}" if drawn else ""))
+
+
+# -- command line -------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--n", type=int, default=20000, help="messages per publish/consume run")
+    parser.add_argument("--rpc-calls", type=int, default=3000)
+    parser.add_argument("--repeat", type=int, default=3, help="runs per cell (the median is kept)")
+    parser.add_argument(
+        "--clients", default=",".join(CLIENTS), help="carehare is added when it installs"
+    )
+    parser.add_argument("--workloads", default=",".join(WORKLOADS))
+    parser.add_argument("--url", help="use this broker instead of starting a private node")
+    parser.add_argument(
+        "--harness", type=Path, default=Path(os.environ.get("BENCH_HARNESS", DEFAULT_HARNESS))
+    )
+    parser.add_argument(
+        "--bench-venv", type=Path, default=Path(os.environ.get("BENCH_VENV", ROOT / ".bench-venv"))
+    )
+    parser.add_argument(
+        "--no-install", action="store_true", help="never pip install into the bench venvs"
+    )
+    parser.add_argument("--no-carehare", action="store_true")
+    parser.add_argument("--json", type=Path, help="keep the raw results here")
+    parser.add_argument("--docs", type=Path, default=ROOT / "docs")
+    parser.add_argument("--from-json", type=Path, help="only rewrite the docs from saved results")
+    parser.add_argument("--plot", nargs=2, metavar=("JSON", "PNG"), help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.plot:  # runs in the bench venv, where matplotlib is
+        plot(json.loads(Path(args.plot[0]).read_text()), args.plot[1])
+        return 0
+    install = not args.no_install
+    bench_python = ensure_venv(args.bench_venv, BENCH_PACKAGES, BENCH_IMPORTS, install)
+    if args.from_json:
+        write_docs(json.loads(args.from_json.read_text()), args.docs, bench_python)
+        return 0
+    if bench_python is None:
+        log(f"no usable bench venv at {args.bench_venv} (pip install {' '.join(BENCH_PACKAGES)})")
+        return 1
+    if not args.harness.exists():
+        log(f"no harness at {args.harness} (--harness or BENCH_HARNESS)")
+        return 1
+    args.workloads = [w for w in args.workloads.split(",") if w]
+    clients = [c for c in args.clients.split(",") if c]
+    carehare = Path(f"{args.bench_venv}-carehare")
+    if not args.no_carehare and "carehare" not in clients:
+        if ensure_venv(carehare, ["carehare"], "import carehare", install) is not None:
+            clients.insert(clients.index(RAW) if RAW in clients else len(clients), "carehare")
+        else:
+            log("carehare is not installable here: left out")
+    out = args.json or Path(tempfile.gettempdir()) / f"leveret-bench-{os.getpid()}.json"
+    started = time.monotonic()
+    code = run_harness(args, bench_python, clients, out)
+    log(f"harness finished in {time.monotonic() - started:.0f} s (exit code {code})")
+    if not out.exists():
+        return code or 1
+    write_docs(json.loads(out.read_text()), args.docs, bench_python)
+    if args.json is None:
+        out.unlink()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

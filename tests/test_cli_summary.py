@@ -1,0 +1,170 @@
+"""`leveret bench` arithmetic without a broker: percentiles, the summary, the loss accounting."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from leveret.cli._load import HEADER_SIZE, Tracker
+from leveret.cli._summary import BenchSummary, Latency, percentile
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = list(range(1, 101))  # 1..100
+    assert percentile(values, 50) == 50
+    assert percentile(values, 99) == 99
+    assert percentile(values, 99.5) == 100
+    assert percentile(values, 100) == 100
+    assert percentile([1, 2, 3, 4], 50) == 2
+    assert percentile([1, 2, 3, 4], 75) == 3
+    assert percentile([7], 1) == 7
+
+
+def test_percentile_rejects_nothing_and_out_of_range() -> None:
+    with pytest.raises(ValueError, match="no samples"):
+        percentile([], 50)
+    with pytest.raises(ValueError, match="150"):
+        percentile([1], 150)
+    with pytest.raises(ValueError, match="0"):
+        percentile([1], 0)
+
+
+@given(st.lists(st.integers(min_value=0, max_value=10**12), min_size=1, max_size=300))
+def test_latency_percentiles_are_ordered_measured_values(samples: list[int]) -> None:
+    latency = Latency.from_ns(samples)
+    assert latency is not None
+    values = [latency.p50, latency.p75, latency.p95, latency.p99, latency.max]
+    assert values == sorted(values)
+    assert latency.max == max(samples) / 1000
+    assert latency.count == len(samples)
+    in_us = {s / 1000 for s in samples}
+    assert set(values) <= in_us
+    # at least half of the samples are at or below p50
+    assert sum(s / 1000 <= latency.p50 for s in samples) * 2 >= len(samples)
+
+
+def test_latency_of_nothing_is_none() -> None:
+    assert Latency.from_ns([]) is None
+
+
+def summary(**changes: object) -> BenchSummary:
+    values: dict[str, object] = {
+        "queue": "q",
+        "queue_type": "classic",
+        "producers": 1,
+        "consumers": 1,
+        "size": 128,
+        "published": 1000,
+        "confirmed": 1000,
+        "failed": 0,
+        "consumed": 1000,
+        "duplicates": 0,
+        "lost": 0,
+        "publish_seconds": 2.0,
+        "consume_seconds": 4.0,
+        "confirm_latency": Latency(1000, 1000.0, 2000.0, 3000.0, 4000.0, 5000.0),
+        "delivery_latency": Latency(1000, 1500.0, 2500.0, 3500.0, 4500.0, 5500.0),
+    }
+    values.update(changes)
+    return BenchSummary(**values)  # type: ignore[arg-type]
+
+
+def test_summary_rates_and_json() -> None:
+    data = summary().to_json()
+    assert data["published_per_s"] == 500.0
+    assert data["confirmed_per_s"] == 500.0
+    assert data["consumed_per_s"] == 250.0
+    assert data["ok"] is True
+    assert data["confirm_latency_us"]["p99"] == 4000.0
+    assert data["delivery_latency_us"]["max"] == 5500.0
+    assert json.loads(json.dumps(data)) == data
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"lost": 3},
+        {"failed": 1, "confirmed": 999},
+        {"confirmed": 999},
+        {"interrupted": True},
+        {"error": "NotFound: no queue"},
+    ],
+)
+def test_summary_not_ok(changes: dict[str, object]) -> None:
+    assert summary(**changes).ok is False
+
+
+def test_summary_without_consumers_has_no_lost_and_no_zero_division() -> None:
+    data = summary(consumers=0, consumed=0, lost=None, delivery_latency=None, consume_seconds=0.0)
+    assert data.ok is True
+    assert data.to_json()["consumed_per_s"] == 0.0
+    text = data.render()
+    assert "consumed" not in text
+    assert "publish -> delivery" not in text
+
+
+def test_summary_render_shows_milliseconds() -> None:
+    text = summary(lost=2, duplicates=5).render()
+    assert "(5 duplicates, 2 lost)" in text
+    confirm_line = next(line for line in text.splitlines() if line.startswith("publish -> confirm"))
+    assert confirm_line.split()[3:] == ["1.00", "2.00", "3.00", "4.00", "5.00"]
+
+
+def body_of(tracker: Tracker, seq: int, size: int = 32) -> bytes:
+    return tracker.body(seq, bytes(size - HEADER_SIZE))[1]
+
+
+def test_tracker_counts_lost_duplicates_and_foreign_messages() -> None:
+    tracker = Tracker(count=5)
+    seqs = [tracker.next_seq() for _ in range(6)]
+    assert seqs == [0, 1, 2, 3, 4, None]  # --count bounds what is handed out
+    view = tracker.views[0]
+    for seq in (0, 1, 2, 3):
+        tracker.confirmed_one(seq, 1000)
+    # Delivered before its confirm (common) still counts.
+    tracker.delivered(body_of(tracker, 4), 0, view)
+    tracker.confirmed_one(4, 1000)
+    for seq in (0, 2, 2):
+        tracker.delivered(body_of(tracker, seq), 0, view)
+    other = Tracker(count=5)
+    tracker.delivered(body_of(other, 1), 0, view)  # another run's tag
+    tracker.delivered(b"short", 0, view)
+    assert (tracker.consumed, tracker.duplicates, tracker.foreign) == (3, 1, 2)
+    assert tracker.unconsumed() == 2  # 1 and 3
+
+
+def test_tracker_stream_views_need_every_consumer() -> None:
+    tracker = Tracker(count=2, views=2)
+    for _ in range(2):
+        seq = tracker.next_seq()
+        assert seq is not None
+        tracker.confirmed_one(seq, 10)
+    first, second = tracker.views
+    tracker.delivered(body_of(tracker, 0), 0, first)
+    tracker.delivered(body_of(tracker, 1), 0, first)
+    tracker.delivered(body_of(tracker, 0), 0, second)
+    assert tracker.unconsumed() == 1
+    assert tracker.duplicates == 0
+
+
+def test_tracker_without_count_grows_and_stops() -> None:
+    tracker = Tracker()
+    start = len(tracker.views[0])
+    seqs = [tracker.next_seq() for _ in range(start + 3)]
+    assert seqs[-1] == start + 2
+    assert len(tracker.views[0]) > start
+    tracker.stop(RuntimeError("first"))
+    tracker.stop(RuntimeError("second"))
+    assert tracker.next_seq() is None
+    assert str(tracker.error) == "first"
+
+
+def test_body_header_carries_send_time_tag_and_sequence() -> None:
+    tracker = Tracker(count=1)
+    sent, body = tracker.body(0, bytes(100))
+    assert len(body) == HEADER_SIZE + 100
+    assert struct.unpack_from(">QII", body) == (sent, tracker.tag, 0)
