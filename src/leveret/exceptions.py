@@ -25,6 +25,7 @@ __all__ = [
     "ContentTooLarge",
     "FrameError",
     "HeartbeatTimeout",
+    "InstanceAlreadyRunning",
     "InternalError",
     "InvalidPath",
     "LeveretError",
@@ -46,6 +47,7 @@ __all__ = [
     "RemoteProtocolError",
     "ResourceError",
     "ResourceLocked",
+    "ServiceNotConfigured",
     "SyntaxError_",
     "UnexpectedFrame",
     "channel_error",
@@ -284,6 +286,14 @@ class RemoteError(LeveretError):
         self.type_name = type_name
         self.remote_message = message
         self.remote_traceback = remote_traceback  # only when the server opted in
+
+
+class ServiceNotConfigured(LeveretError):
+    """The service mesh's exchanges or queues do not exist and the service may not declare them."""
+
+
+class InstanceAlreadyRunning(LeveretError):
+    """Another instance with the same fixed instance id holds its response queue."""
 
 
 # -- reply code mapping -----------------------------------------------------
