@@ -40,4 +40,4 @@ bench: broker
 	$(PY) benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) .bench-venv .bench-venv-carehare .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections import Counter
 from collections.abc import AsyncIterator
 
@@ -298,4 +299,55 @@ async def test_describe_is_answered_by_the_service(
         "events": ["stock.*"],
         "encrypted": False,
     }
+    await conn.delete_queue(service.name)
+
+
+async def test_cli_mesh_call_publish_and_describe(
+    rabbitmq_url: str, conn: leveret.Connection, names: MeshNames, queue_name: str
+) -> None:
+    service = Service(f"{queue_name}-cli", names=names)
+    events: list[object] = []
+    got_event = asyncio.Event()
+
+    @service.method
+    async def add(params: dict[str, int], ctx: CallContext) -> int:
+        return params["a"] + params["b"]
+
+    @service.event(f"{queue_name}.ping")
+    async def on_ping(payload: object, ctx: CallContext) -> None:
+        events.append(payload)
+        got_event.set()
+
+    mesh_options = [
+        "--url", rabbitmq_url,
+        "--rpc-exchange", names.rpc_exchange,
+        "--events-exchange", names.events_exchange,
+        "--dead-letter-exchange", names.dead_letter_exchange,
+        "--dead-letter-queue", names.dead_letter_queue,
+    ]  # fmt: skip
+
+    async def cli(*args: str) -> tuple[int, str, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "leveret.cli", "mesh", *args,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), BOUND)
+        return proc.returncode or 0, out.decode(), err.decode()
+
+    async with service.run(conn):
+        code, out, _ = await cli("call", f"{service.name}.add", '{"a": 2, "b": 40}', *mesh_options)
+        assert (code, json.loads(out)) == (0, 42)
+        code, out, _ = await cli("describe", service.name, *mesh_options)
+        assert json.loads(out)["methods"] == ["add"]
+        code, _, _ = await cli("publish", f"{queue_name}.ping", '{"n": 1}', *mesh_options)
+        assert code == 0
+        await asyncio.wait_for(got_event.wait(), BOUND)
+        code, _, err = await cli("call", f"{service.name}.nope", *mesh_options)
+        assert code == 1
+        assert err.startswith("leveret: RemoteError: LookupError: ")
+        await dead_letter(conn, names)  # the unknown method's request
+    assert events == [{"n": 1}]
+    code, _, err = await cli("call", "x.y", "{bad", *mesh_options)
+    assert code == 2
+    assert "not JSON" in err
     await conn.delete_queue(service.name)

@@ -1,4 +1,4 @@
-"""The `leveret` command: `bench`, `publish`, `consume`, `declare-queue`, `delete-queue`, `demo`.
+"""The `leveret` command: `bench`, `publish`, `consume`, `declare-queue`, `delete-queue`, `mesh`, `demo`.
 
 Every subcommand goes through the public API only. Broker errors become one
 line on stderr (`leveret: NotFound: ...`) and exit code 1; bad arguments are
@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 
 import leveret
-from leveret.cli import _bench, _consume, _demo, _publish, _queue
+from leveret.cli import _bench, _consume, _demo, _mesh, _publish, _queue
 
 __all__ = ["main"]
 
@@ -24,6 +24,7 @@ SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]
     _publish.register,
     _consume.register,
     _queue.register,
+    _mesh.register,
     _demo.register,
 )
 
