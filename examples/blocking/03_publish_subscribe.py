@@ -1,7 +1,8 @@
 """Tutorial 3, "Publish/Subscribe", blocking style: deliver a message to every receiver.
 
-emit_log publishes to the fanout exchange "logs"; each receive_logs binds a private,
-server-named queue to it, so every running receiver gets every line.
+emit_log publishes to the fanout exchange "logs"; each receive_logs listens on it with
+`conn.listen("logs")`: a private, server-named queue bound to the exchange for as long
+as the block runs (deleted after), so every running receiver gets every line.
 """
 
 import argparse
@@ -16,21 +17,21 @@ URL = os.environ.get("AMQP_URL", "amqp://guest:guest@localhost:5672/")
 def emit_log(message: str) -> None:
     with leveret.blocking.connect(URL) as conn:
         conn.declare_exchange("logs", "fanout")
-        conn.publish(message.encode(), exchange="logs")
+        conn.publish(message, exchange="logs")  # a str goes out as UTF-8 text
         print(f" [x] Sent {message!r}")
 
 
 def receive_logs(count: int | None) -> None:
-    with leveret.blocking.connect(URL) as conn:
-        conn.declare_exchange("logs", "fanout")
-        queue = conn.declare_queue("", exclusive=True)  # a fresh, private queue
-        conn.bind_queue(queue.name, "logs")
-        with conn.consume(queue.name, no_ack=True) as messages:
-            print(" [*] Waiting for logs. To exit press CTRL+C")
-            for received, msg in enumerate(messages, start=1):
-                print(f" [x] {msg.text()}")
-                if received == count:
-                    break
+    with (
+        leveret.blocking.connect(URL) as conn,
+        conn.listen("logs") as messages,  # declares the exchange and a private queue
+    ):
+        print(" [*] Waiting for logs. To exit press CTRL+C")
+        for received, msg in enumerate(messages, start=1):
+            print(f" [x] {msg.text()}")
+            msg.ack()
+            if received == count:
+                break
 
 
 if __name__ == "__main__":

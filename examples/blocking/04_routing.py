@@ -1,7 +1,8 @@
 """Tutorial 4, "Routing", blocking style: receive only a subset of the messages.
 
 emit_log_direct publishes to a direct exchange with the severity as routing key;
-receive_logs_direct binds its queue once per severity it wants.
+receive_logs_direct listens with one binding per severity it wants
+(`conn.listen(exchange, "direct", routing_keys=severities)`).
 """
 
 import argparse
@@ -16,22 +17,21 @@ URL = os.environ.get("AMQP_URL", "amqp://guest:guest@localhost:5672/")
 def emit_log_direct(severity: str, message: str) -> None:
     with leveret.blocking.connect(URL) as conn:
         conn.declare_exchange("direct_logs", "direct")
-        conn.publish(message.encode(), exchange="direct_logs", routing_key=severity)
+        conn.publish(message, exchange="direct_logs", routing_key=severity)
         print(f" [x] Sent {severity}:{message!r}")
 
 
 def receive_logs_direct(severities: list[str], count: int | None) -> None:
-    with leveret.blocking.connect(URL) as conn:
-        conn.declare_exchange("direct_logs", "direct")
-        queue = conn.declare_queue("", exclusive=True)
-        for severity in severities:
-            conn.bind_queue(queue.name, "direct_logs", routing_key=severity)
-        with conn.consume(queue.name, no_ack=True) as messages:
-            print(" [*] Waiting for logs. To exit press CTRL+C")
-            for received, msg in enumerate(messages, start=1):
-                print(f" [x] {msg.routing_key}:{msg.text()!r}")
-                if received == count:
-                    break
+    with (
+        leveret.blocking.connect(URL) as conn,
+        conn.listen("direct_logs", "direct", routing_keys=severities) as messages,
+    ):
+        print(" [*] Waiting for logs. To exit press CTRL+C")
+        for received, msg in enumerate(messages, start=1):
+            print(f" [x] {msg.routing_key}:{msg.text()!r}")
+            msg.ack()
+            if received == count:
+                break
 
 
 if __name__ == "__main__":

@@ -16,22 +16,21 @@ URL = os.environ.get("AMQP_URL", "amqp://guest:guest@localhost:5672/")
 def emit_log_topic(routing_key: str, message: str) -> None:
     with leveret.blocking.connect(URL) as conn:
         conn.declare_exchange("topic_logs", "topic")
-        conn.publish(message.encode(), exchange="topic_logs", routing_key=routing_key)
+        conn.publish(message, exchange="topic_logs", routing_key=routing_key)
         print(f" [x] Sent {routing_key}:{message!r}")
 
 
 def receive_logs_topic(binding_keys: list[str], count: int | None) -> None:
-    with leveret.blocking.connect(URL) as conn:
-        conn.declare_exchange("topic_logs", "topic")
-        queue = conn.declare_queue("", exclusive=True)
-        for binding_key in binding_keys:
-            conn.bind_queue(queue.name, "topic_logs", routing_key=binding_key)
-        with conn.consume(queue.name, no_ack=True) as messages:
-            print(" [*] Waiting for logs. To exit press CTRL+C")
-            for received, msg in enumerate(messages, start=1):
-                print(f" [x] {msg.routing_key}:{msg.text()!r}")
-                if received == count:
-                    break
+    with (
+        leveret.blocking.connect(URL) as conn,
+        conn.listen("topic_logs", "topic", routing_keys=binding_keys) as messages,
+    ):
+        print(" [*] Waiting for logs. To exit press CTRL+C")
+        for received, msg in enumerate(messages, start=1):
+            print(f" [x] {msg.routing_key}:{msg.text()!r}")
+            msg.ack()
+            if received == count:
+                break
 
 
 if __name__ == "__main__":

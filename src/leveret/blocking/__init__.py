@@ -10,6 +10,10 @@
             for msg in messages.iter(timeout=5.0):             # stops after 5 s of silence
                 msg.ack()
 
+        def handle(msg):              # a plain function, run in a worker thread
+            print(msg.decode())       # returns: acked; raises: requeued once, then rejected
+        conn.subscribe_forever("tasks", handle, concurrency=4)      # until Ctrl-C
+
 Each connection runs the asyncio driver on an event loop in a daemon thread
 of its own (its I/O thread), so heartbeats, acks and reconnection carry on
 while your code blocks. Every method may be called from any thread except
@@ -17,10 +21,12 @@ that I/O thread; Ctrl-C interrupts a blocked call and leaves the connection
 usable (and `with` closes it).
 """
 
-from leveret.aio import Backoff, QueueInfo
+from leveret.aio import Backoff, QueueInfo, Retry
 from leveret.blocking._connection import Body, Connection, connect
 from leveret.blocking._consumer import Consumer, Message
+from leveret.blocking._listening import Listening
 from leveret.blocking._rpc import Handler, Server
+from leveret.blocking._subscription import MessageHandler, Subscription
 
 __all__ = [
     "Backoff",
@@ -28,8 +34,12 @@ __all__ = [
     "Connection",
     "Consumer",
     "Handler",
+    "Listening",
     "Message",
+    "MessageHandler",
     "QueueInfo",
+    "Retry",
     "Server",
+    "Subscription",
     "connect",
 ]

@@ -8,6 +8,7 @@ import itertools
 import logging
 import ssl as ssl_module
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
@@ -16,13 +17,17 @@ from typing import Any, TypeVar
 from leveret import aio
 from leveret._payload import encode_body
 from leveret._properties import Properties
+from leveret._queue_arguments import Overflow, QueueType, StreamOffset
 from leveret._url import ConnectionParameters
-from leveret.aio import Backoff, QueueInfo
+from leveret.aio import Backoff, QueueInfo, Retry
 from leveret.aio._connect import DEFAULT_URL
 from leveret.aio._connection import ExchangeType
+from leveret.aio._subscription import ErrorPolicy
 from leveret.blocking._consumer import Consumer, Message
+from leveret.blocking._listening import Listening
 from leveret.blocking._portal import Portal, register_at_exit, unregister_at_exit
 from leveret.blocking._rpc import Handler, Server
+from leveret.blocking._subscription import MessageHandler, Subscription
 from leveret.exceptions import ConnectionClosed, ConnectionClosedByClient
 
 __all__ = ["Body", "Connection", "connect"]
@@ -110,6 +115,7 @@ class Connection:
         self._close_lock = threading.Lock()
         self._closing = False
         self._close_done = threading.Event()
+        self._subscriptions: weakref.WeakSet[Subscription] = weakref.WeakSet()
         register_at_exit(id(self), self.close)
 
     def _call(self, coro: Coroutine[Any, Any, T], what: str) -> T:
@@ -182,13 +188,32 @@ class Connection:
         self,
         name: str = "",
         *,
-        durable: bool = False,
+        durable: bool | None = None,
         exclusive: bool = False,
         auto_delete: bool = False,
         passive: bool = False,
         arguments: dict[str, Any] | None = None,
+        type: QueueType | None = None,
+        dead_letter_exchange: str | None = None,
+        dead_letter_routing_key: str | None = None,
+        message_ttl: float | None = None,
+        expires: float | None = None,
+        max_length: int | None = None,
+        max_length_bytes: int | None = None,
+        overflow: Overflow | None = None,
+        delivery_limit: int | None = None,
+        max_priority: int | None = None,
     ) -> QueueInfo:
-        """Declare a queue (server-named when `name` is ""); `passive` only checks it exists."""
+        """Declare a queue (server-named when `name` is ""); `passive` only checks it exists.
+
+        `type` is "classic", "quorum" (replicated) or "stream" (an append-only
+        log, read with `consume(..., offset=...)`); quorum queues and streams
+        are durable unless told otherwise. The other keywords are the usual
+        `x-` arguments, spelled out: times in seconds (`message_ttl` for
+        messages, `expires` for an unused queue), `delivery_limit` (quorum:
+        dead-letter a message after that many redeliveries). Anything else
+        goes in `arguments`.
+        """
         return self._call(
             self._connection.declare_queue(
                 name,
@@ -197,6 +222,16 @@ class Connection:
                 auto_delete=auto_delete,
                 passive=passive,
                 arguments=arguments,
+                type=type,
+                dead_letter_exchange=dead_letter_exchange,
+                dead_letter_routing_key=dead_letter_routing_key,
+                message_ttl=message_ttl,
+                expires=expires,
+                max_length=max_length,
+                max_length_bytes=max_length_bytes,
+                overflow=overflow,
+                delivery_limit=delivery_limit,
+                max_priority=max_priority,
             ),
             "declare_queue()",
         )
@@ -288,6 +323,41 @@ class Connection:
             "unbind_exchange()",
         )
 
+    def declare_bound_queue(
+        self,
+        exchange: str,
+        type: ExchangeType = "fanout",
+        *,
+        routing_keys: Sequence[str] = (),
+        match: dict[str, Any] | None = None,
+        match_all: bool = True,
+        queue: str = "",
+        durable_exchange: bool = False,
+        durable: bool | None = None,
+    ) -> QueueInfo:
+        """Declare `exchange`, a queue, and the bindings between them, in one call.
+
+        The queue is server-named and exclusive unless `queue` names one (a
+        named queue is durable and outlives the connection, for subscribers
+        that must not miss messages while away). Bind it with `routing_keys`
+        (one binding each: direct names, or topic patterns with `*` and `#`;
+        fanout needs none) or, for a headers exchange, `match` (all of the
+        headers must match, or any of them with `match_all=False`).
+        """
+        return self._call(
+            self._connection.declare_bound_queue(
+                exchange,
+                type,
+                routing_keys=routing_keys,
+                match=match,
+                match_all=match_all,
+                queue=queue,
+                durable_exchange=durable_exchange,
+                durable=durable,
+            ),
+            "declare_bound_queue()",
+        )
+
     # -- publishing ---------------------------------------------------------------------------
 
     def publish(
@@ -303,10 +373,18 @@ class Connection:
     ) -> None:
         """Publish and return once the broker confirmed the message.
 
+        `body` may be bytes, a str (sent as UTF-8, content type text/plain)
+        or a JSON-able object: dict, list, number, dataclass or pydantic model
+        (sent as JSON, content type application/json); a content type in
+        `properties` wins. Unless the connection was opened with
+        `stamp_messages=False`, a message gets a unique `message_id` and a
+        timestamp when `properties` has none.
+
         Raises what the asyncio `publish` raises: PublishNacked,
         MessageReturned (`mandatory`), PublishTimeout, NotFound, a connection
-        error. Many threads may publish at once; each waits for its own confirm.
-        For a batch, `publish_many` is much faster.
+        error; TypeError for a body it cannot send. Many threads may publish
+        at once; each waits for its own confirm. For a batch, `publish_many`
+        is much faster.
         """
         self._call(
             self._connection.publish(
@@ -334,7 +412,8 @@ class Connection:
     ) -> int:
         """Publish a batch with confirms pipelined: all are sent, then all confirms awaited.
 
-        Each item is a body, or a `(body, options)` pair whose options (any of
+        Each item is a body (anything `publish` takes: bytes, str, a JSON-able
+        object), or a `(body, options)` pair whose options (any of
         routing_key, exchange, properties, persistent, mandatory, timeout)
         override the keyword arguments for that message. Returns how many were
         confirmed, which is all of them: once every outcome is known, the
@@ -399,12 +478,17 @@ class Connection:
         exclusive: bool = False,
         arguments: dict[str, Any] | None = None,
         consumer_tag: str | None = None,
+        offset: StreamOffset | None = None,
     ) -> Consumer:
         """Consume `queue`: `with conn.consume(q, prefetch=10) as messages: for msg in messages:`.
 
         `prefetch` bounds unacked messages in flight (0: unlimited). Leaving
         the `with` block stops the consumer; the broker requeues what was not
-        acked. See `Consumer` for iteration with a timeout.
+        acked. See `Consumer` for iteration with a timeout. For a stream,
+        `offset` says where to start reading: "first", "last", "next", an
+        offset number, a datetime, or an interval such as "10m"; after a
+        reconnect the consumer resumes after the last message it handed out.
+        Stream messages still need `ack()` (it grants credit).
         """
         self._check_open("consume()")
         consumer = self._connection.consume(
@@ -414,8 +498,109 @@ class Connection:
             exclusive=exclusive,
             arguments=arguments,
             consumer_tag=consumer_tag,
+            offset=offset,
         )
         return Consumer(self._portal, consumer)
+
+    def listen(
+        self,
+        exchange: str,
+        type: ExchangeType = "fanout",
+        *,
+        routing_keys: Sequence[str] = (),
+        match: dict[str, Any] | None = None,
+        match_all: bool = True,
+        prefetch: int = 100,
+        durable_exchange: bool = False,
+    ) -> Listening:
+        """Messages published to `exchange` from now on: `with conn.listen(ex) as messages:`.
+
+        Declares the exchange and a private (server-named, exclusive) queue
+        bound as `declare_bound_queue` does, and consumes it; the queue is
+        deleted on leaving the block. `messages` is a `Consumer`: iterate it,
+        or use `messages.iter(timeout=...)` to stop after a quiet spell.
+        """
+        self._check_open("listen()")
+        listening = self._connection.listen(
+            exchange,
+            type,
+            routing_keys=routing_keys,
+            match=match,
+            match_all=match_all,
+            prefetch=prefetch,
+            durable_exchange=durable_exchange,
+        )
+        return Listening(self._portal, listening)
+
+    def subscribe(
+        self,
+        queue: str,
+        handler: MessageHandler,
+        *,
+        concurrency: int = 1,
+        prefetch: int | None = None,
+        on_error: ErrorPolicy = "requeue_once",
+        retry: Retry | None = None,
+        exclusive: bool = False,
+        arguments: dict[str, Any] | None = None,
+        offset: StreamOffset | None = None,
+    ) -> Subscription:
+        """Run `handler(msg)` for each message of `queue`: `with conn.subscribe(q, h) as sub:`.
+
+        The handler is a plain function; up to `concurrency` run at once, each
+        in a worker thread (`prefetch` defaults to `concurrency`). A handler
+        that returns acks its message; one that raises is dealt with by
+        `on_error` ("requeue_once", "reject" or "requeue", see `Subscription`)
+        or, with `retry=leveret.Retry(delays=(1, 10, 60))`, retried after each
+        delay and then parked in `<queue>.parked`. `sub.wait()` blocks while
+        it runs and raises what ended it; leaving the block lets running
+        handlers finish (within `close_timeout`).
+        """
+        self._check_open("subscribe()")
+        subscription = Subscription(
+            self._portal,
+            self._connection,
+            queue,
+            handler,
+            concurrency=concurrency,
+            prefetch=prefetch,
+            on_error=on_error,
+            retry=retry,
+            exclusive=exclusive,
+            arguments=arguments,
+            offset=offset,
+        )
+        self._subscriptions.add(subscription)
+        return subscription
+
+    def subscribe_forever(
+        self,
+        queue: str,
+        handler: MessageHandler,
+        *,
+        concurrency: int = 1,
+        prefetch: int | None = None,
+        on_error: ErrorPolicy = "requeue_once",
+        retry: Retry | None = None,
+        exclusive: bool = False,
+        arguments: dict[str, Any] | None = None,
+        offset: StreamOffset | None = None,
+    ) -> None:
+        """`subscribe` until Ctrl-C (KeyboardInterrupt) or until the subscription ends, raising
+        why (e.g. ConsumerCancelled when the queue is deleted). Running handlers get
+        `close_timeout` to finish either way."""
+        with self.subscribe(
+            queue,
+            handler,
+            concurrency=concurrency,
+            prefetch=prefetch,
+            on_error=on_error,
+            retry=retry,
+            exclusive=exclusive,
+            arguments=arguments,
+            offset=offset,
+        ) as subscription:
+            subscription.wait()
 
     def get(self, queue: str, *, no_ack: bool = False) -> Message | None:
         """basic.get: one message from `queue`, or None when it is empty."""
@@ -436,6 +621,8 @@ class Connection:
     ) -> Message:
         """Send a request and wait for its reply (direct reply-to); returns the reply message.
 
+        `body` takes what `publish` takes (bytes, str, a JSON-able object);
+        decode the reply with `reply.json()`, `reply.text()` or `reply.decode()`.
         Raises RPCTimeout after `timeout` seconds, RemoteError when the
         server's handler raised, MessageReturned when no queue takes the request.
         """
@@ -500,6 +687,8 @@ class Connection:
             pass
         finally:
             self._portal.stop(self.close_timeout)
+            for subscription in list(self._subscriptions):
+                subscription._connection_closed()  # its worker threads would idle forever
             self._close_done.set()
 
     def __enter__(self) -> Connection:

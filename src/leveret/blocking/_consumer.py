@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from types import TracebackType
-from typing import Final
+from typing import Any, Final, TypeVar
 
 from leveret import aio
 from leveret._properties import Properties
@@ -16,6 +16,8 @@ from leveret.blocking._portal import Portal, wait_slice
 from leveret.exceptions import ConnectionClosedByClient
 
 __all__ = ["Consumer", "Message"]
+
+_Model = TypeVar("_Model")
 
 
 class Message:
@@ -110,8 +112,34 @@ class Message:
         return self._portal.call_soon_threadsafe(settle)
 
     def text(self, encoding: str | None = None) -> str:
-        """The body decoded with `content_encoding` (UTF-8 when unset)."""
+        """The body as text: `encoding`, else the content type's charset, else UTF-8."""
         return self._message.text(encoding)
+
+    def json(self) -> Any:
+        """The body parsed as JSON, whatever the content type; PayloadError if it is not JSON."""
+        return self._message.json()
+
+    def model(self, model: type[_Model]) -> _Model:
+        """The body validated into a pydantic model class; PayloadError names what is wrong."""
+        return self._message.model(model)
+
+    def decode(self) -> Any:
+        """By content type: JSON for application/json, str for text/*, else the raw bytes."""
+        return self._message.decode()
+
+    @property
+    def attempt(self) -> int:
+        """1 for a first try; n + 1 after n passes through a `Retry` schedule's queues."""
+        return self._message.attempt
+
+    @property
+    def message_id(self) -> str | None:
+        return self._message.message_id
+
+    @property
+    def stream_offset(self) -> int | None:
+        """For messages consumed from a stream: their offset in it."""
+        return self._message.stream_offset
 
     def __repr__(self) -> str:
         return repr(self._message)
