@@ -5,7 +5,8 @@ direct reply-to requires (a no-ack consumer on `amq.rabbitmq.reply-to`, on
 the channel the requests go out on). Calls are matched by correlation id,
 so any number may be in flight at once; a call that times out or is
 cancelled leaves the pending table at once, and its late reply is dropped
-with a debug log.
+with a debug log. Calls in flight when the connection drops fail with its
+error at once: their replies were addressed to a channel that is gone.
 
 A handler's exception travels back as an error reply (type name and
 message in headers, no traceback) that the caller raises as `RemoteError`.
@@ -29,7 +30,7 @@ from leveret._properties import Properties
 from leveret.aio._channel import Outgoing
 from leveret.aio._consumer import Consumer
 from leveret.aio._message import Message
-from leveret.exceptions import LeveretError, RemoteError, RPCTimeout
+from leveret.exceptions import ConnectionLost, LeveretError, RemoteError, RPCTimeout
 from leveret.protocol import Delivery
 from leveret.protocol._codec import encode_properties
 
@@ -70,6 +71,18 @@ class _ReplySink(Consumer):
     def channel_failed(self, exc: BaseException) -> None:
         self._client.on_channel_failed(exc)
 
+    def link_lost(self) -> None:
+        # A reply-to address names the channel its request went out on: with the link gone,
+        # replies to the calls in flight can never arrive. Fail them now (not at their
+        # timeout), and do not have this sink restarted: the next call opens its own.
+        super().link_lost()
+        self._closed = True
+        self._connection._forget_consumer(self)
+        error = self._connection._link_error
+        self._client.on_channel_failed(
+            error if error is not None else ConnectionLost("the connection was lost")
+        )
+
     def cancelled_by_server(self) -> None:
         self._client.on_channel_failed(LeveretError("the broker cancelled the RPC reply consumer"))
 
@@ -84,6 +97,7 @@ class RpcClient:
         self._prefix = f"{os.getpid():x}.{id(self):x}"
         self._channel: ChannelHandle | None = None
         self._opening: asyncio.Task[ChannelHandle] | None = None
+        self._known_exchanges: set[str] = set()
 
     async def _ready_channel(self) -> ChannelHandle:
         channel = self._channel
@@ -134,6 +148,11 @@ class RpcClient:
         reply: asyncio.Future[Message] = loop.create_future()
         try:
             async with asyncio.timeout(timeout):
+                if exchange and exchange not in self._known_exchanges:
+                    # A publish to a missing exchange closes the channel every call shares
+                    # (404), failing all calls in flight: check it on a pooled channel first.
+                    await connection.declare_exchange(exchange, passive=True)
+                    self._known_exchanges.add(exchange)
                 channel = await self._ready_channel()
                 connection._check_usable()
                 if channel.closed is not None:
@@ -186,6 +205,7 @@ class RpcClient:
 
     def on_channel_failed(self, exc: BaseException) -> None:
         self._channel = None
+        self._known_exchanges.clear()  # e.g. one was deleted since: check them again
         pending, self._pending = self._pending, {}
         for future in pending.values():
             if not future.done():
@@ -257,6 +277,10 @@ class RpcServer:
                 await runner
             except asyncio.CancelledError:
                 pass
+        elif runner is not None and not runner.cancelled():
+            # It ended on its own (e.g. the connection died): that is wait_closed()'s to
+            # report; mark it retrieved so asyncio does not log "never retrieved" for it.
+            runner.exception()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=self._connection.close_timeout)
         await self._consumer.close()
