@@ -26,6 +26,7 @@ __all__ = [
     "decode_body",
     "decode_json",
     "decode_model",
+    "decode_text",
     "encode_body",
     "new_message_id",
     "timestamp_bytes",
@@ -92,12 +93,15 @@ def decode_body(body: bytes, content_type: str | None, content_encoding: str | N
     if media == JSON_CONTENT_TYPE or media.endswith("+json"):
         return decode_json(body, content_type)
     if media.startswith("text/"):
-        charset = charset_of(content_type or "") or content_encoding or "utf-8"
-        try:
-            return body.decode(charset)
-        except (LookupError, UnicodeDecodeError) as exc:
-            raise PayloadError(f"body is not {charset} text ({exc}): {body[:80]!r}") from exc
+        return decode_text(body, charset_of(content_type or "") or content_encoding or "utf-8")
     return body
+
+
+def decode_text(body: bytes, charset: str) -> str:
+    try:
+        return body.decode(charset)
+    except (LookupError, UnicodeDecodeError) as exc:
+        raise PayloadError(f"body is not {charset} text ({exc}): {body[:80]!r}") from exc
 
 
 def charset_of(content_type: str) -> str | None:

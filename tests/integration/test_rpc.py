@@ -338,7 +338,7 @@ async def test_a_request_held_by_a_killed_server_is_answered_by_another(
     # Server A's consuming task ended with the connection's error; closing the server must
     # have retrieved it, or asyncio logs "Task exception was never retrieved" at finalization
     # (the flag asyncio checks then is Future._log_traceback).
-    runner = serving_a._runner
+    runner = serving_a._subscription._runner
     assert runner is not None
     assert runner.done()
     assert not runner._log_traceback  # checked before .exception(), which clears it

@@ -1216,9 +1216,10 @@ class Connection:
                     PERSISTENT_PROPERTIES_BYTES if persistent else EMPTY_PROPERTIES_BYTES
                 )
         elif isinstance(properties, Properties):
-            properties_bytes = encode_properties(
-                self._complete_properties(properties, content_type), persistent
-            )
+            changes = self._filled_in(properties, content_type)
+            if changes:
+                properties = properties.replace(**changes)
+            properties_bytes = encode_properties(properties, persistent)
         else:
             raise TypeError(
                 f"properties must be leveret.Properties, got {type(properties).__name__}"
@@ -1243,17 +1244,19 @@ class Connection:
             timeout,
         )
 
-    def _complete_properties(self, properties: Properties, content_type: str | None) -> Properties:
-        """The user's properties plus what leveret fills in: never overriding a value given."""
+    def _filled_in(
+        self, properties: Properties | None, content_type: str | None
+    ) -> dict[str, object]:
+        """What leveret adds to the user's properties: never overriding a value given."""
         changes: dict[str, object] = {}
-        if content_type is not None and properties.content_type is None:
+        if content_type is not None and (properties is None or properties.content_type is None):
             changes["content_type"] = content_type
         if self.stamp_messages:
-            if properties.message_id is None:
+            if properties is None or properties.message_id is None:
                 changes["message_id"] = new_message_id()
-            if properties.timestamp is None:
+            if properties is None or properties.timestamp is None:
                 changes["timestamp"] = datetime.datetime.now(datetime.UTC)
-        return properties.replace(**changes) if changes else properties
+        return changes
 
     async def _publish_encoded(
         self,
@@ -1721,7 +1724,6 @@ class Connection:
         content_type = None
         if type(body) is not bytes:
             body, content_type = encode_body(body)
-        properties = self._complete_properties(properties or Properties(), content_type)
         if self._rpc_client is None:
             self._rpc_client = RpcClient(self)
         return await self._rpc_client.call(
@@ -1731,6 +1733,7 @@ class Connection:
             timeout=timeout,
             properties=properties,
             expiration=expire_unanswered,
+            filled_in=self._filled_in(properties, content_type),
         )
 
     def serve(

@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from leveret._payload import charset_of, decode_body, decode_json, decode_model
+from leveret._payload import charset_of, decode_body, decode_json, decode_model, decode_text
 from leveret._properties import Properties
 from leveret.aio._retry import retry_attempt
-from leveret.exceptions import PayloadError
 from leveret.protocol import Delivery
 
 if TYPE_CHECKING:
@@ -127,10 +126,7 @@ class Message:
     def text(self, encoding: str | None = None) -> str:
         """The body as text: `encoding`, else the content type's charset, else UTF-8."""
         charset = encoding or charset_of(self.properties.content_type or "") or "utf-8"
-        try:
-            return self.body.decode(charset)
-        except (LookupError, UnicodeDecodeError) as exc:
-            raise PayloadError(f"body is not {charset} text ({exc}): {self.body[:80]!r}") from exc
+        return decode_text(self.body, charset)
 
     def json(self) -> Any:
         """The body parsed as JSON, whatever the content type; PayloadError if it is not JSON."""

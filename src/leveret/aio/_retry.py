@@ -7,9 +7,9 @@ For a queue `orders` and delays (1, 10, 60) the topology is:
     orders.retry.1m   x-message-ttl 60000, dead-letters to "" / orders
     orders.parked     where a message rests after its last attempt
 
-A failed message is re-published (persistent, confirmed) to the retry queue
-of its attempt and only then acked, so a crash in between duplicates it but
-never loses it; if that publish fails, the message is requeued instead. The
+A failed message is forwarded (`forward_and_ack`: a confirmed copy, then
+the ack) to the retry queue of its attempt; if that publish fails, the
+message is requeued instead. The
 attempt number comes from the `x-death` counts the broker adds on each pass
 through a retry queue (and from leveret's own header, for brokers that stop
 updating `x-death` on re-published messages). Each retry queue holds one
@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from leveret.exceptions import LeveretError
+from leveret.aio._forward import forward_and_ack
 
 if TYPE_CHECKING:
     from leveret.aio._connection import Connection
@@ -123,20 +123,19 @@ class Retry:
             )
             message.reject(requeue=False)
             return
-        headers = {**message.headers, ATTEMPT_HEADER: attempt, ERROR_HEADER: error}
-        # Persistent, and no per-message expiration: a parked message must stay parked.
-        properties = message.properties.replace(headers=headers, expiration=None, delivery_mode=2)
-        try:
-            await connection.publish(message.body, routing_key=target, properties=properties)
-        except LeveretError as publish_error:
+        failure = await forward_and_ack(
+            connection,
+            message,
+            routing_key=target,
+            headers={ATTEMPT_HEADER: attempt, ERROR_HEADER: error},
+        )
+        if failure is not None:
             log.warning(
                 "leveret: could not move a failed message to %r (%s); requeued instead",
                 target,
-                publish_error,
+                failure,
             )
             message.nack(requeue=True)
-            return
-        message.ack()
 
 
 def retry_attempt(headers: Mapping[str, Any]) -> int:

@@ -130,6 +130,7 @@ class RpcClient:
         timeout: float,
         properties: Properties | None,
         expiration: bool,
+        filled_in: dict[str, object],
     ) -> Message:
         if timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout!r}")
@@ -138,7 +139,7 @@ class RpcClient:
         routing_key_bytes = connection._encoded_name(routing_key, "routing key")
         correlation_id = f"{self._prefix}.{next(self._ids)}"
         props = (properties or Properties()).replace(
-            correlation_id=correlation_id, reply_to=REPLY_QUEUE
+            correlation_id=correlation_id, reply_to=REPLY_QUEUE, **filled_in
         )
         if expiration and props.expiration is None:
             # A request nobody picks up in time dies in the queue instead of piling up.
@@ -244,20 +245,17 @@ class RpcServer:
         concurrency: int,
         include_traceback: bool = False,
     ) -> None:
-        if concurrency < 1:
-            raise ValueError(f"concurrency must be at least 1, got {concurrency!r}")
         self._connection = connection
         self.queue = queue
         self._handler = handler
-        self._concurrency = concurrency
         self._include_traceback = include_traceback
-        self._consumer = connection.consume(queue, prefetch=concurrency)
-        self._runner: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        # `_handle` settles every request itself; "reject" only covers a bug in it.
+        self._subscription = connection.subscribe(
+            queue, self._handle, concurrency=concurrency, on_error="reject"
+        )
 
     async def __aenter__(self) -> RpcServer:
-        await self._consumer.start()
-        self._runner = asyncio.ensure_future(self._run())
+        await self._subscription.start()
         return self
 
     async def __aexit__(
@@ -269,32 +267,15 @@ class RpcServer:
         await self.close()
 
     async def close(self) -> None:
-        """Stop taking requests; let running handlers finish (bounded), then close."""
-        runner = self._runner
-        if runner is not None and not runner.done():
-            runner.cancel()
-            try:
-                await runner
-            except asyncio.CancelledError:
-                pass
-        elif runner is not None and not runner.cancelled():
-            # It ended on its own (e.g. the connection died): that is wait_closed()'s to
-            # report; mark it retrieved so asyncio does not log "never retrieved" for it.
-            runner.exception()
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=self._connection.close_timeout)
-        await self._consumer.close()
+        """Stop taking requests; let running handlers finish (bounded), then close.
+
+        Why serving ended, if it ended on its own, is `wait_closed()`'s to raise.
+        """
+        await self._subscription.close()
 
     async def wait_closed(self) -> None:
         """Serve until the consumer ends; re-raises why it ended (e.g. ConsumerCancelled)."""
-        if self._runner is not None:
-            await self._runner
-
-    async def _run(self) -> None:
-        async for message in self._consumer:
-            task = asyncio.ensure_future(self._handle(message))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        await self._subscription.wait_closed()
 
     async def _handle(self, request: Message) -> None:
         props = request.properties

@@ -10,80 +10,30 @@ stuck forever does not keep the interpreter from exiting.
 from __future__ import annotations
 
 import asyncio
-import queue
 import threading
-import time
 from collections.abc import Callable
 from types import TracebackType
+from typing import Any
 
 from leveret import aio
 from leveret.blocking._consumer import Message
 from leveret.blocking._portal import Portal
+from leveret.blocking._workers import Workers
 from leveret.exceptions import ConnectionClosedByClient
 
 __all__ = ["Handler", "Server"]
 
-Handler = Callable[[Message], bytes | bytearray | memoryview | None]
-_Reply = bytes | bytearray | memoryview | None
+Handler = Callable[[Message], Any]
+"""Returns the reply body: bytes, str, a JSON-able object, or None for an empty reply."""
+_Reply = Any
 _STOP_WAIT = 1.0  # seconds Server.close() waits for idle workers to end
-_Job = tuple[Handler, Message, "asyncio.Future[_Reply]"]
-
-
-def _resolve(future: asyncio.Future[_Reply], result: _Reply, error: Exception | None) -> None:
-    if future.done():
-        return  # the server stopped waiting for this handler
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
-
-
-class _Workers:
-    """A fixed set of daemon threads running handlers for the I/O thread."""
-
-    def __init__(self, portal: Portal, size: int, name: str) -> None:
-        self._portal = portal
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._threads = [
-            threading.Thread(target=self._work, name=f"{name}-{number}", daemon=True)
-            for number in range(1, size + 1)
-        ]
-        for thread in self._threads:
-            thread.start()
-
-    def run(self, handler: Handler, message: Message) -> asyncio.Future[_Reply]:
-        """In the I/O thread: queue one call; the returned future gets its outcome."""
-        future: asyncio.Future[_Reply] = asyncio.get_running_loop().create_future()
-        self._jobs.put((handler, message, future))
-        return future
-
-    def _work(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            handler, message, future = job
-            result: _Reply = None
-            error: Exception | None = None
-            try:
-                result = handler(message)
-            except Exception as exc:  # noqa: BLE001 - becomes the caller's RemoteError
-                error = exc
-            except BaseException as exc:  # noqa: BLE001 - e.g. SystemExit in a handler
-                error = RuntimeError(f"the handler raised {exc!r}")
-            self._portal.call_soon_threadsafe(_resolve, future, result, error)
-
-    def stop(self, timeout: float) -> None:
-        """Let each worker finish its current call, then end; wait up to `timeout` for that."""
-        for _ in self._threads:
-            self._jobs.put(None)
-        deadline = time.monotonic() + timeout
-        for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
 
 
 class Server:
     """Answers requests on a queue with a plain function: `with conn.serve(q, handler):`.
 
     `handler(msg)` runs in one of `concurrency` worker threads and returns the
-    reply body (bytes or None for an empty reply); an exception becomes the
+    reply body (bytes, str, a JSON-able object, or None for an empty reply); an exception becomes the
     caller's `RemoteError`. Each request is acked once its reply was
     confirmed. `wait()` (or `conn.serve_forever(...)`) blocks until the
     server ends: Ctrl-C, or the error that ended it (e.g. ConsumerCancelled).
@@ -104,7 +54,7 @@ class Server:
         self._handler = handler
         self._concurrency = concurrency
         self._server = connection.serve(queue, self._on_request, concurrency=concurrency)
-        self._workers: _Workers | None = None
+        self._workers: Workers | None = None
         self._lock = threading.Lock()
         self._started = False
         self._closed = False
@@ -112,7 +62,8 @@ class Server:
 
     async def _on_request(self, message: aio.Message) -> _Reply:
         assert self._workers is not None
-        return await self._workers.run(self._handler, Message(message, self._portal))
+        request = Message(message, self._portal)
+        return await self._workers.run(lambda: self._handler(request))
 
     def start(self) -> None:
         """Start serving (done by `with`; idempotent)."""
@@ -120,7 +71,7 @@ class Server:
             if self._started or self._closed:
                 return
             self._portal.refuse_loop_thread("Server.start()")
-            self._workers = _Workers(self._portal, self._concurrency, f"leveret-rpc-{self.queue}")
+            self._workers = Workers(self._portal, self._concurrency, f"leveret-rpc-{self.queue}")
             try:
                 self._portal.call(self._server.__aenter__(), "Server.start()")
             except BaseException:

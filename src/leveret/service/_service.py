@@ -28,6 +28,8 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from leveret._properties import Properties
+from leveret.aio._forward import forward_and_ack
+from leveret.aio._subscription import check_handler
 from leveret.exceptions import LeveretError
 from leveret.service._context import CallContext, _current
 from leveret.service._crypto import Keys
@@ -87,7 +89,7 @@ class Service:
             method = name or function.__name__
             if not re.match(r"^[A-Za-z0-9_-]+$", method):
                 raise ValueError(f"method name must be one word, got {method!r}")
-            _check_async(function)
+            check_handler(function)
             if method in self.methods:
                 raise ValueError(f"{self.name}.{method} is already registered")
             self.methods[method] = function
@@ -101,7 +103,7 @@ class Service:
             raise ValueError(f"event pattern must be dot-separated words, got {pattern!r}")
 
         def register(function: H) -> H:
-            _check_async(function)
+            check_handler(function)
             self.events[pattern] = function
             return function
 
@@ -300,25 +302,19 @@ class _Runner:
     async def _dead_letter(self, message: Message, reason: str) -> None:
         """Park the message in the dead-letter exchange with its reason, then ack it."""
         log.error("leveret: dead-lettering a message of %s: %s", self.service.name, reason)
-        headers = {
-            **message.headers,
-            REASON_HEADER: reason[:1000],
-            "x-leveret-original-exchange": message.exchange,
-            "x-leveret-original-routing-key": message.routing_key,
-        }
-        properties = message.properties.replace(headers=headers, expiration=None)
-        try:
-            await self.mesh.conn.publish(
-                message.body,
-                exchange=self.service.names.dead_letter_exchange,
-                properties=properties,
-                persistent=True,
-            )
-        except LeveretError as exc:
-            log.warning("leveret: could not dead-letter with a reason (%s); rejecting", exc)
+        failure = await forward_and_ack(
+            self.mesh.conn,
+            message,
+            exchange=self.service.names.dead_letter_exchange,
+            headers={
+                REASON_HEADER: reason[:1000],
+                "x-leveret-original-exchange": message.exchange,
+                "x-leveret-original-routing-key": message.routing_key,
+            },
+        )
+        if failure is not None:
+            log.warning("leveret: could not dead-letter with a reason (%s); rejecting", failure)
             message.reject(requeue=False)  # the queue's dead-letter exchange takes it
-            return
-        message.ack()
 
 
 class _Failure:
@@ -350,9 +346,3 @@ def _match_words(pattern: list[str], words: list[str]) -> bool:
     if not words:
         return False
     return (head == "*" or head == words[0]) and _match_words(rest, words[1:])
-
-
-def _check_async(function: object) -> None:
-    from leveret.aio._subscription import check_handler
-
-    check_handler(function)
