@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from leveret.exceptions import MessageReturned, PublishNacked
@@ -72,6 +73,7 @@ class ChannelHandle:
         "consumer",
         "gone",
         "id",
+        "on_return",
         "opened",
         "republish",
         "returns",
@@ -90,6 +92,8 @@ class ChannelHandle:
         self.confirm_low = 1
         self.confirm_high = 0
         self.returns: deque[Returned] = deque()
+        # Set on a channel without confirms: returns cannot wait for a confirm to claim them.
+        self.on_return: Callable[[Returned], None] | None = None
         self.consumer: Consumer | None = None
         # A publishing channel: its unconfirmed publishes survive a lost connection.
         self.republish = False

@@ -2,9 +2,11 @@
 
 Theory of operation. An `asyncio.Protocol` feeds socket bytes to
 `AMQPConnection.receive_data()` and dispatches the events to futures. Output
-is written once per event-loop iteration (`_schedule_flush`), so a burst of
-publishes from many tasks becomes one `writelines` call. A timer drives
-heartbeats through `handle_timer()`.
+goes out at once when it is the first of its event-loop iteration (a lone
+RPC request or reply waits for nothing), and whatever follows in the same
+iteration is written by one `writelines` call at the next (`_schedule_flush`),
+so a burst of publishes from many tasks still costs two writes, not one per
+publish. A timer drives heartbeats through `handle_timer()`.
 
 Channels are hidden. Synchronous operations borrow a channel from a pool,
 one operation per channel at a time, so a broker error fails that call alone;
@@ -395,9 +397,13 @@ class Connection:
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush_now)
+            self._write_out()  # the first of this iteration: no reason to wait
 
     def _flush_now(self) -> None:
         self._flush_scheduled = False
+        self._write_out()
+
+    def _write_out(self) -> None:
         transport = self._transport
         if transport is None:
             return
@@ -467,7 +473,10 @@ class Connection:
         elif isinstance(event, Returned):
             channel = self._channels.get(event.channel_id)
             if channel is not None:
-                channel.returns.append(event)
+                if channel.on_return is not None:
+                    channel.on_return(event)
+                else:
+                    channel.returns.append(event)
         elif isinstance(event, ConsumerCancelled):
             consumer = self._consumers.pop((event.channel_id, event.consumer_tag), None)
             if consumer is not None:
@@ -1416,6 +1425,7 @@ class Connection:
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush_now)
+            self._write_out()
 
     def _watch_deadline(self, record: Outgoing, deadline: float) -> None:
         """Fail the publish with PublishTimeout at its deadline, even mid-reconnect.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +59,8 @@ class Consumer:
         # A stream consumer resumes after the last message handed out, not at its first offset.
         self._tracks_offset = bool(arguments and "x-stream-offset" in arguments)
         self._next_offset: int | None = None
+        # A Subscription takes deliveries as they arrive, without waking a task first.
+        self.on_arrival: Callable[[], None] | None = None
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -125,6 +128,37 @@ class Consumer:
     def __aiter__(self) -> Consumer:
         return self
 
+    def take(self) -> Message | None:
+        """The next buffered message, if any, without waiting."""
+        if not self._buffer:
+            return None
+        message = self._buffer.popleft()
+        if self._tracks_offset:
+            self._note_offset(message)
+        return message
+
+    async def wait_for_change(self) -> None:
+        """Until a delivery, an error or close (the caller checks which)."""
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+
+    @property
+    def closed(self) -> bool:
+        """Closed by the user (or by a cancelled start)."""
+        return self._closed
+
+    def wake(self) -> None:
+        """Let `wait_for_change` return, e.g. when a dispatcher drained the buffer."""
+        self._wake()
+
+    @property
+    def error(self) -> BaseException | None:
+        """Why consuming ended, if it did (raised once the buffer is drained)."""
+        return self._error
+
     async def __anext__(self) -> Message:
         buffer = self._buffer
         if buffer:
@@ -169,6 +203,8 @@ class Consumer:
 
     def deliver(self, delivery: Delivery, message: Message) -> None:
         self._buffer.append(message)
+        if self.on_arrival is not None:
+            self.on_arrival()
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)

@@ -103,6 +103,25 @@ class Message:
             return True
         return False
 
+    def reply_and_ack(self, routing_key: bytes, body: bytes, properties: bytes) -> bool:
+        """Publish a reply on this delivery's channel, then ack it, in one write.
+
+        The broker takes a channel's frames in order, so it has routed the
+        reply before it sees the ack: acking after a confirmed reply, without
+        waiting a round trip for the confirm. False (nothing sent) when the
+        channel has closed: the broker redelivers the request.
+        """
+        if self._settled or self._channel.closed is not None:
+            return False
+        channel_id = self._channel.id
+        core = self._core
+        core.publish(channel_id, b"\x00", routing_key, body, properties)  # may refuse: ValueError
+        self._settled = True
+        if core.ack(channel_id, self._delivery.delivery_tag):
+            self._flush()
+            return True
+        return False
+
     def nack(self, requeue: bool = True) -> bool:
         """Negative acknowledgement; `requeue=False` dead-letters or drops the message."""
         if self._settled or self._channel.closed is not None:

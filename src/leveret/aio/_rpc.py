@@ -8,6 +8,12 @@ cancelled leaves the pending table at once, and its late reply is dropped
 with a debug log. Calls in flight when the connection drops fail with its
 error at once: their replies were addressed to a channel that is gone.
 
+Requests are published mandatory but without publisher confirms: the reply
+is the end-to-end confirmation, and a confirm would cost every call one more
+wakeup. A request no queue takes comes back (basic.return) and fails its
+call with `MessageReturned` at once; one the broker drops after routing
+(e.g. a full queue with `overflow="reject-publish"`) ends in `RPCTimeout`.
+
 A handler's exception travels back as an error reply (type name and
 message in headers, no traceback) that the caller raises as `RemoteError`.
 """
@@ -27,12 +33,17 @@ from pamqp import commands
 
 from leveret._payload import encode_body
 from leveret._properties import Properties
-from leveret.aio._channel import Outgoing
 from leveret.aio._consumer import Consumer
 from leveret.aio._message import Message
-from leveret.exceptions import ConnectionLost, LeveretError, RemoteError, RPCTimeout
-from leveret.protocol import Delivery
-from leveret.protocol._codec import encode_properties
+from leveret.exceptions import (
+    ConnectionLost,
+    LeveretError,
+    MessageReturned,
+    RemoteError,
+    RPCTimeout,
+)
+from leveret.protocol import Delivery, Returned
+from leveret.protocol._codec import encode_properties, encode_shortstr
 
 if TYPE_CHECKING:
     from leveret.aio._channel import ChannelHandle
@@ -110,7 +121,9 @@ class RpcClient:
     async def _open(self) -> ChannelHandle:
         connection = self._connection
         channel = await connection._open_channel()
-        await connection._channel_call(channel, commands.Confirm.Select())
+        # No confirms: the reply is the confirmation, and waiting for the broker's ack
+        # frame would cost every call a wakeup. Unroutable requests come back as returns.
+        channel.on_return = self.on_return
         sink = _ReplySink(connection, self)
         sink._attach(channel)
         connection._consumers[(channel.id, sink.consumer_tag)] = sink
@@ -159,24 +172,9 @@ class RpcClient:
                 if channel.closed is not None:
                     raise channel.closed.with_traceback(None)
                 self._pending[correlation_id] = reply
-                seq = connection._core.publish(
+                connection._core.publish(
                     channel.id, exchange_bytes, routing_key_bytes, body, properties_bytes, True
                 )
-                confirm: asyncio.Future[None] = loop.create_future()
-                channel.add_confirm(
-                    seq,
-                    Outgoing(
-                        confirm,
-                        exchange,
-                        exchange_bytes,
-                        routing_key,
-                        routing_key_bytes,
-                        body,
-                        properties_bytes,
-                        True,
-                    ),
-                )
-                confirm.add_done_callback(lambda f: _fail_on_refusal(f, reply))
                 connection._schedule_flush()
                 message = await reply
         except TimeoutError:
@@ -204,6 +202,21 @@ class RpcClient:
             return
         future.set_result(message)
 
+    def on_return(self, returned: Returned) -> None:
+        """A request no queue took: its call fails now rather than at its timeout."""
+        future = self._pending.pop(returned.properties.correlation_id or "", None)
+        if future is not None and not future.done():
+            future.set_exception(
+                MessageReturned(
+                    returned.reply_code,
+                    returned.reply_text,
+                    returned.exchange,
+                    returned.routing_key,
+                    returned.body,
+                    returned.properties,
+                )
+            )
+
     def on_channel_failed(self, exc: BaseException) -> None:
         self._channel = None
         self._known_exchanges.clear()  # e.g. one was deleted since: check them again
@@ -211,15 +224,6 @@ class RpcClient:
         for future in pending.values():
             if not future.done():
                 future.set_exception(exc)
-
-
-def _fail_on_refusal(confirm: asyncio.Future[None], reply: asyncio.Future[Message]) -> None:
-    # An unroutable (returned) or nacked request will never be answered: fail the call now.
-    if confirm.cancelled():
-        return
-    exc = confirm.exception()
-    if exc is not None and not reply.done():
-        reply.set_exception(exc)
 
 
 def _text(value: object) -> str:
@@ -231,9 +235,12 @@ def _text(value: object) -> str:
 class RpcServer:
     """Consumes a request queue and runs `handler` for each request, up to `concurrency` at once.
 
-    Each request is acked after its reply was published and confirmed (or
-    after its error reply was). Requests without `reply_to` are rejected
-    without requeueing, since no answer could ever reach their sender.
+    Each reply (or error reply) goes out on the channel its request came in
+    on, followed by the request's ack in the same write: the broker takes a
+    channel's frames in order, so the request is acked only once its reply
+    was routed, and a connection lost before that redelivers the request.
+    Requests without `reply_to` are rejected without requeueing, since no
+    answer could ever reach their sender.
     """
 
     def __init__(
@@ -302,9 +309,15 @@ class RpcServer:
                     traceback.format_exception(exc)
                 )
         try:
-            await self._connection.publish(body, routing_key=props.reply_to, properties=reply_props)
-        except LeveretError as exc:
+            changes = self._connection._filled_in(reply_props, None)
+            if changes:
+                reply_props = reply_props.replace(**changes)
+            sent = request.reply_and_ack(
+                encode_shortstr(props.reply_to, "reply_to"), body, encode_properties(reply_props)
+            )
+        except ValueError as exc:
             log.warning("leveret: could not publish the RPC reply to %r: %s", props.reply_to, exc)
             request.nack(requeue=not request.redelivered)
             return
-        request.ack()
+        if not sent:
+            log.debug("leveret: the RPC request channel closed before the reply; redelivered")

@@ -73,7 +73,6 @@ class Subscription:
         self._connection = connection
         self._consumer = consumer
         self._handler = handler
-        self._slots = asyncio.Semaphore(concurrency)
         self.concurrency = concurrency
         self.on_error = on_error
         self.retry = retry
@@ -159,22 +158,42 @@ class Subscription:
         return failure
 
     async def _run(self) -> None:
-        slots = self._slots
+        """Dispatch what is buffered; end with the consumer (raising why it ended).
+
+        Deliveries arriving while slots are free start their handler from
+        `on_arrival` directly, one event-loop iteration sooner than a task
+        woken to fetch them could.
+        """
         consumer = self._consumer
-        while True:
-            await slots.acquire()
-            try:
-                message = await anext(consumer)
-            except BaseException:
-                slots.release()
-                raise
+        consumer.on_arrival = self._dispatch
+        try:
+            while True:
+                self._dispatch()
+                if consumer.closed:
+                    return
+                if len(consumer) == 0 and consumer.error is not None:
+                    raise consumer.error.with_traceback(None)
+                await consumer.wait_for_change()
+        finally:
+            consumer.on_arrival = None
+
+    def _dispatch(self) -> None:
+        consumer = self._consumer
+        while len(self._tasks) < self.concurrency and not self._closed:
+            message = consumer.take()
+            if message is None:
+                return
             task = asyncio.ensure_future(self._handle(message))
             self._tasks.add(task)
             task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        self._slots.release()
+        if not self._closed and self._runner is not None and not self._runner.done():
+            self._dispatch()
+            consumer = self._consumer
+            if consumer.error is not None and len(consumer) == 0:
+                consumer.wake()  # the runner raises it once the buffer is drained
 
     async def _handle(self, message: Message) -> None:
         try:
