@@ -22,6 +22,7 @@ from leveret._payload import (
 from leveret.protocol._codec import (
     decode_properties,
     encode_properties,
+    rpc_properties,
     stamp_prefix,
     stamped_properties,
 )
@@ -140,6 +141,38 @@ def test_stamped_properties_are_byte_identical_to_encode_properties(
         delivery_mode=2 if persistent else None,
         message_id=message_id,
         timestamp=datetime.datetime.fromtimestamp(seconds, datetime.UTC),
+    )
+    assert wire == encode_properties(expected)
+    assert decode_properties(wire) == expected
+
+
+@given(
+    content_type=st.none() | st.sampled_from(["application/json", "text/plain; charset=utf-8"]),
+    correlation_id=st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=60),
+    reply_to=st.none()
+    | st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=60),
+    expiration=st.none() | st.integers(min_value=1, max_value=10**9).map(str),
+    stamped=st.booleans(),
+)
+def test_rpc_properties_are_byte_identical_to_encode_properties(
+    content_type: str | None,
+    correlation_id: str,
+    reply_to: str | None,
+    expiration: str | None,
+    stamped: bool,
+) -> None:
+    message_id = new_message_id() if stamped else None
+    stamp = timestamp_bytes() if stamped else None
+    wire = rpc_properties(content_type, correlation_id, reply_to, expiration, message_id, stamp)
+    expected = leveret.Properties(
+        content_type=content_type,
+        correlation_id=correlation_id,
+        reply_to=reply_to,
+        expiration=expiration,
+        message_id=message_id,
+        timestamp=None
+        if stamp is None
+        else datetime.datetime.fromtimestamp(int.from_bytes(stamp, "big"), datetime.UTC),
     )
     assert wire == encode_properties(expected)
     assert decode_properties(wire) == expected

@@ -1743,7 +1743,7 @@ class Connection:
             timeout=timeout,
             properties=properties,
             expiration=expire_unanswered,
-            filled_in=self._filled_in(properties, content_type),
+            content_type=content_type,
         )
 
     def serve(

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from pamqp import commands
 
-from leveret._payload import encode_body
+from leveret._payload import encode_body, new_message_id, timestamp_bytes
 from leveret._properties import Properties
 from leveret.aio._consumer import Consumer
 from leveret.aio._message import Message
@@ -43,7 +43,7 @@ from leveret.exceptions import (
     RPCTimeout,
 )
 from leveret.protocol import Delivery, Returned
-from leveret.protocol._codec import encode_properties, encode_shortstr
+from leveret.protocol._codec import encode_properties, encode_shortstr, rpc_properties
 
 if TYPE_CHECKING:
     from leveret.aio._channel import ChannelHandle
@@ -143,7 +143,7 @@ class RpcClient:
         timeout: float,
         properties: Properties | None,
         expiration: bool,
-        filled_in: dict[str, object],
+        content_type: str | None,
     ) -> Message:
         if timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout!r}")
@@ -151,13 +151,27 @@ class RpcClient:
         exchange_bytes = connection._encoded_name(exchange, "exchange name")
         routing_key_bytes = connection._encoded_name(routing_key, "routing key")
         correlation_id = f"{self._prefix}.{next(self._ids)}"
-        props = (properties or Properties()).replace(
-            correlation_id=correlation_id, reply_to=REPLY_QUEUE, **filled_in
-        )
-        if expiration and props.expiration is None:
-            # A request nobody picks up in time dies in the queue instead of piling up.
-            props.expiration = str(max(1, int(timeout * 1000)))
-        properties_bytes = encode_properties(props)
+        # A request nobody picks up in time dies in the queue instead of piling up.
+        expires = str(max(1, int(timeout * 1000))) if expiration else None
+        if properties is None:
+            stamped = connection.stamp_messages
+            properties_bytes = rpc_properties(
+                content_type,
+                correlation_id,
+                REPLY_QUEUE,
+                expires,
+                new_message_id() if stamped else None,
+                timestamp_bytes() if stamped else None,
+            )
+        else:
+            props = properties.replace(
+                correlation_id=correlation_id,
+                reply_to=REPLY_QUEUE,
+                **connection._filled_in(properties, content_type),
+            )
+            if props.expiration is None:
+                props.expiration = expires
+            properties_bytes = encode_properties(props)
         loop = asyncio.get_running_loop()
         reply: asyncio.Future[Message] = loop.create_future()
         try:
@@ -290,30 +304,43 @@ class RpcServer:
             log.warning("leveret: rejected an RPC request on %r without reply_to", self.queue)
             request.reject(requeue=False)
             return
-        reply_props = Properties(correlation_id=props.correlation_id)
+        correlation_id = props.correlation_id
+        content_type: str | None = None
+        headers: dict[str, Any] | None = None
         try:
             result = await self._handler(request)
             if result is None:
                 body = b""
             else:
-                body, reply_props.content_type = encode_body(result, "the handler's reply")
+                body, content_type = encode_body(result, "the handler's reply")
         except Exception as exc:  # the caller gets the error; the server lives on
             log.exception("leveret: RPC handler for %r raised", self.queue)
             body = b""
-            reply_props.headers = {
-                ERROR_TYPE_HEADER: type(exc).__name__,
-                ERROR_MESSAGE_HEADER: str(exc),
-            }
+            headers = {ERROR_TYPE_HEADER: type(exc).__name__, ERROR_MESSAGE_HEADER: str(exc)}
             if self._include_traceback:  # off by default: tracebacks leak internals
-                reply_props.headers[ERROR_TRACEBACK_HEADER] = "".join(
-                    traceback.format_exception(exc)
-                )
+                headers[ERROR_TRACEBACK_HEADER] = "".join(traceback.format_exception(exc))
+        connection = self._connection
         try:
-            changes = self._connection._filled_in(reply_props, None)
-            if changes:
-                reply_props = reply_props.replace(**changes)
+            if headers is None and correlation_id:
+                stamped = connection.stamp_messages
+                properties_bytes = rpc_properties(
+                    content_type,
+                    correlation_id,
+                    None,
+                    None,
+                    new_message_id() if stamped else None,
+                    timestamp_bytes() if stamped else None,
+                )
+            else:
+                reply_props = Properties(
+                    correlation_id=correlation_id, content_type=content_type, headers=headers
+                )
+                changes = connection._filled_in(reply_props, None)
+                if changes:
+                    reply_props = reply_props.replace(**changes)
+                properties_bytes = encode_properties(reply_props)
             sent = request.reply_and_ack(
-                encode_shortstr(props.reply_to, "reply_to"), body, encode_properties(reply_props)
+                encode_shortstr(props.reply_to, "reply_to"), body, properties_bytes
             )
         except ValueError as exc:
             log.warning("leveret: could not publish the RPC reply to %r: %s", props.reply_to, exc)

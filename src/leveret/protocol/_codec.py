@@ -378,6 +378,40 @@ def stamped_properties(prefix: bytes, message_id: str, timestamp: bytes) -> byte
     return prefix + _U8.pack(len(message_id)) + message_id.encode("ascii") + timestamp
 
 
+def rpc_properties(
+    content_type: str | None,
+    correlation_id: str,
+    reply_to: str | None,
+    expiration: str | None,
+    message_id: str | None,
+    timestamp: bytes | None,
+) -> bytes:
+    """The properties of an RPC request or reply, without building a Properties.
+
+    Byte-identical to `encode_properties` of the same values (`timestamp`
+    packed as by `timestamp_bytes`); every call and reply goes through here.
+    """
+    flags = _FLAG_CORRELATION_ID
+    parts = []
+    if content_type:
+        flags |= _FLAG_CONTENT_TYPE
+        parts.append(encode_shortstr(content_type, "content_type"))
+    parts.append(encode_shortstr(correlation_id, "correlation_id"))
+    if reply_to:
+        flags |= _FLAG_REPLY_TO
+        parts.append(encode_shortstr(reply_to, "reply_to"))
+    if expiration:
+        flags |= _FLAG_EXPIRATION
+        parts.append(encode_shortstr(_check_expiration(expiration), "expiration"))
+    if message_id:
+        flags |= _FLAG_MESSAGE_ID
+        parts.append(encode_shortstr(message_id, "message_id"))
+    if timestamp is not None:
+        flags |= _FLAG_TIMESTAMP
+        parts.append(timestamp)
+    return _U16.pack(flags) + b"".join(parts)
+
+
 def _octet(value: int, what: str) -> bytes:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 255:
         raise ValueError(f"{what} must be an int from 0 to 255, got {value!r}")
