@@ -173,29 +173,34 @@ class RpcClient:
                 props.expiration = expires
             properties_bytes = encode_properties(props)
         loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        channel = self._channel
+        if (
+            channel is None
+            or channel.closed is not None
+            or (exchange and exchange not in self._known_exchanges)
+        ):
+            try:
+                async with asyncio.timeout_at(deadline):
+                    channel = await self._prepare(exchange)
+            except TimeoutError:
+                raise self._timed_out(routing_key, timeout, correlation_id) from None
+        connection._check_usable()
+        if channel.closed is not None:
+            raise channel.closed.with_traceback(None)
         reply: asyncio.Future[Message] = loop.create_future()
+        self._pending[correlation_id] = reply
+        # One timer handle, not a timeout scope: the scope's task cancellation is
+        # the costlier part of every call, and only an expiry needs it.
+        timer = loop.call_at(deadline, self._expire, reply, routing_key, timeout, correlation_id)
         try:
-            async with asyncio.timeout(timeout):
-                if exchange and exchange not in self._known_exchanges:
-                    # A publish to a missing exchange closes the channel every call shares
-                    # (404), failing all calls in flight: check it on a pooled channel first.
-                    await connection.declare_exchange(exchange, passive=True)
-                    self._known_exchanges.add(exchange)
-                channel = await self._ready_channel()
-                connection._check_usable()
-                if channel.closed is not None:
-                    raise channel.closed.with_traceback(None)
-                self._pending[correlation_id] = reply
-                connection._core.publish(
-                    channel.id, exchange_bytes, routing_key_bytes, body, properties_bytes, True
-                )
-                connection._schedule_flush()
-                message = await reply
-        except TimeoutError:
-            raise RPCTimeout(
-                f"no reply from {routing_key!r} within {timeout}s (correlation id {correlation_id})"
-            ) from None
+            connection._core.publish(
+                channel.id, exchange_bytes, routing_key_bytes, body, properties_bytes, True
+            )
+            connection._schedule_flush()
+            message = await reply
         finally:
+            timer.cancel()
             self._pending.pop(correlation_id, None)
         headers = message.properties.headers
         if headers and ERROR_TYPE_HEADER in headers:
@@ -205,6 +210,30 @@ class RpcClient:
                 _text(headers.get(ERROR_TRACEBACK_HEADER)) or None,
             )
         return message
+
+    async def _prepare(self, exchange: str) -> ChannelHandle:
+        if exchange and exchange not in self._known_exchanges:
+            # A publish to a missing exchange closes the channel every call shares
+            # (404), failing all calls in flight: check it on a pooled channel first.
+            await self._connection.declare_exchange(exchange, passive=True)
+            self._known_exchanges.add(exchange)
+        return await self._ready_channel()
+
+    @staticmethod
+    def _timed_out(routing_key: str, timeout: float, correlation_id: str) -> RPCTimeout:
+        return RPCTimeout(
+            f"no reply from {routing_key!r} within {timeout}s (correlation id {correlation_id})"
+        )
+
+    def _expire(
+        self,
+        reply: asyncio.Future[Message],
+        routing_key: str,
+        timeout: float,
+        correlation_id: str,
+    ) -> None:
+        if not reply.done():
+            reply.set_exception(self._timed_out(routing_key, timeout, correlation_id))
 
     def on_reply(self, message: Message) -> None:
         future = self._pending.pop(message.properties.correlation_id or "", None)
