@@ -2,11 +2,12 @@
 
 Theory of operation. An `asyncio.Protocol` feeds socket bytes to
 `AMQPConnection.receive_data()` and dispatches the events to futures. Output
-goes out at once when it is the first of its event-loop iteration (a lone
-RPC request or reply waits for nothing), and whatever follows in the same
-iteration is written by one `writelines` call at the next (`_schedule_flush`),
-so a burst of publishes from many tasks still costs two writes, not one per
-publish. A timer drives heartbeats through `handle_timer()`.
+goes out at once when it is the first of its event-loop iteration and the
+last iteration wrote only once (a lone RPC request or reply waits for
+nothing); otherwise the iteration's output is written by one `writelines`
+call at the next (`_schedule_flush`), so a burst of publishes from many
+tasks costs one write, not one per publish. A timer drives heartbeats
+through `handle_timer()`.
 
 Channels are hidden. Synchronous operations borrow a channel from a pool,
 one operation per channel at a time, so a broker error fails that call alone;
@@ -32,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 import functools
-import heapq
 import itertools
 import logging
 import os
@@ -59,6 +59,7 @@ from leveret._url import ConnectionParameters
 from leveret.aio._backoff import Backoff
 from leveret.aio._channel import ChannelHandle, Outgoing
 from leveret.aio._consumer import Consumer
+from leveret.aio._deadlines import Deadlines
 from leveret.aio._listening import Listening
 from leveret.aio._message import Message
 from leveret.aio._retry import Retry
@@ -216,9 +217,7 @@ class Connection:
         self._topology = Topology()
         self._active_consumers: dict[Consumer, None] = {}  # an ordered set
         self._republish: deque[Outgoing] = deque()
-        self._deadline_timer: asyncio.TimerHandle | None = None
-        self._deadlines: list[tuple[float, int, Outgoing]] = []  # a heap
-        self._deadline_order = itertools.count()
+        self._deadlines = Deadlines(self._loop, self._expire_publish)
         self._rpc_client: RpcClient | None = None
         self._listeners: list[Callable[[str, BaseException | None], None]] = []
         self._name_cache: dict[str, bytes] = {}
@@ -252,6 +251,8 @@ class Connection:
         self._opened: asyncio.Future[None] = self._loop.create_future()
         self._socket_closed: asyncio.Future[None] = self._loop.create_future()
         self._flush_scheduled = False
+        self._write_eagerly = True
+        self._pending_writes = 0
         self._write_paused = False
         self._timer: asyncio.TimerHandle | None = None
         self._channels: dict[int, ChannelHandle] = {}
@@ -394,13 +395,19 @@ class Connection:
     # -- I/O ----------------------------------------------------------------------------------
 
     def _schedule_flush(self) -> None:
+        self._pending_writes += 1
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush_now)
-            self._write_out()  # the first of this iteration: no reason to wait
+            if self._write_eagerly:
+                self._write_out()  # the first of this iteration: no reason to wait
 
     def _flush_now(self) -> None:
         self._flush_scheduled = False
+        # One write in the last iteration (a lone request or reply): the next goes out at
+        # once. A burst (many publishes or acks): writing them together is cheaper.
+        self._write_eagerly = self._pending_writes <= 1
+        self._pending_writes = 0
         self._write_out()
 
     def _write_out(self) -> None:
@@ -653,9 +660,7 @@ class Connection:
                 record.future.set_exception(exc)
         for consumer in list(self._active_consumers):
             consumer.channel_failed(exc)
-        if self._deadline_timer is not None:
-            self._deadline_timer.cancel()
-            self._deadline_timer = None
+        self._deadlines.cancel()
         publisher = self._publisher
         if publisher is not None and publisher._error is None:
             # The connection as a whole is over, for the same reason: publishes still
@@ -1242,7 +1247,30 @@ class Connection:
         target = self
         if self._separate_publisher:
             target = self._publisher or await self._open_publisher()
-        await target._publish_encoded(
+        channel = target._publish_channels.get(exchange)
+        if (
+            channel is None
+            or target._link_error is not None
+            or target._write_paused
+            or not target._unblocked.is_set()
+            or target._closing
+            or target._in_flight >= target.max_in_flight
+        ):
+            await target._publish_encoded(
+                exchange,
+                exchange_bytes,
+                routing_key,
+                routing_key_bytes,
+                body,
+                properties_bytes,
+                mandatory,
+                timeout,
+            )
+            return
+        # The fast path, inline (a coroutine less per publish): nothing to wait for.
+        future: asyncio.Future[None] = target._loop.create_future()
+        record = Outgoing(
+            future,
             exchange,
             exchange_bytes,
             routing_key,
@@ -1250,8 +1278,17 @@ class Connection:
             body,
             properties_bytes,
             mandatory,
-            timeout,
         )
+        target._send(channel, record)
+        if timeout is not None:
+            target._deadlines.watch(record, target._loop.time() + timeout)
+        target._in_flight += 1
+        try:
+            await future
+        finally:
+            target._in_flight -= 1
+            if target._window_waiters:
+                target._wake_window_waiter()
 
     def _filled_in(
         self, properties: Properties | None, content_type: str | None
@@ -1310,7 +1347,7 @@ class Connection:
                     f"sent within {timeout}s ({self._waiting_for()})"
                 ) from None
         if deadline is not None:
-            self._watch_deadline(record, deadline)
+            self._deadlines.watch(record, deadline)
         self._in_flight += 1
         try:
             await future
@@ -1422,44 +1459,16 @@ class Connection:
         )
         channel.confirms[seq] = record
         channel.confirm_high = seq
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush_now)
-            self._write_out()
+        self._schedule_flush()
 
-    def _watch_deadline(self, record: Outgoing, deadline: float) -> None:
-        """Fail the publish with PublishTimeout at its deadline, even mid-reconnect.
-
-        One timer per connection sweeps a heap of deadlines, so a publish
-        costs a heap push, not a timer handle of its own.
-        """
-        heapq.heappush(self._deadlines, (deadline, next(self._deadline_order), record))
-        timer = self._deadline_timer
-        if timer is None or timer.when() > deadline:
-            if timer is not None:
-                timer.cancel()
-            self._deadline_timer = self._loop.call_at(deadline, self._expire_publishes)
-
-    def _expire_publishes(self) -> None:
-        self._deadline_timer = None
-        now = self._loop.time()
-        deadlines = self._deadlines
-        while deadlines:
-            deadline, _, record = deadlines[0]
-            if record.future.done():
-                heapq.heappop(deadlines)
-                continue
-            if deadline > now:
-                self._deadline_timer = self._loop.call_at(deadline, self._expire_publishes)
-                return
-            heapq.heappop(deadlines)
-            record.future.set_exception(
-                PublishTimeout(
-                    f"no confirm for the publish to exchange {record.exchange!r} with routing "
-                    f"key {record.routing_key!r} before its deadline ({self._waiting_for()}); "
-                    "the message may still arrive"
-                )
+    def _expire_publish(self, record: Outgoing) -> None:
+        record.future.set_exception(
+            PublishTimeout(
+                f"no confirm for the publish to exchange {record.exchange!r} with routing "
+                f"key {record.routing_key!r} before its deadline ({self._waiting_for()}); "
+                "the message may still arrive"
             )
+        )
 
     async def _publish_channel(self, exchange: str) -> ChannelHandle:
         """The link's confirm-mode channel for `exchange`, opened (once) if there is none.

@@ -205,6 +205,8 @@ class Consumer:
         self._buffer.append(message)
         if self.on_arrival is not None:
             self.on_arrival()
+            if not self._buffer:
+                return  # taken at once: there is nobody to wake
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)

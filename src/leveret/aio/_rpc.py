@@ -172,7 +172,7 @@ class RpcClient:
             if props.expiration is None:
                 props.expiration = expires
             properties_bytes = encode_properties(props)
-        loop = asyncio.get_running_loop()
+        loop = connection._loop
         deadline = loop.time() + timeout
         channel = self._channel
         if (
