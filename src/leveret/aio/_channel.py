@@ -32,6 +32,7 @@ class Outgoing:
 
     __slots__ = (
         "body",
+        "deadline",
         "exchange",
         "exchange_bytes",
         "future",
@@ -60,6 +61,7 @@ class Outgoing:
         self.body = body
         self.properties = properties
         self.mandatory = mandatory
+        self.deadline = 0.0  # set by Deadlines.watch
 
 
 class ChannelHandle:

@@ -41,7 +41,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 from pamqp import commands
 from pamqp.base import Frame as PamqpMethod
@@ -154,7 +154,8 @@ class _Protocol(asyncio.Protocol):
         self._link = link  # bytes from an older link must never reach a newer core
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop's transports have the Transport methods without subclassing it.
+        transport = cast(asyncio.Transport, transport)
         if self._link == self._connection._link_id:
             self._connection._transport_ready(transport)
         else:

@@ -45,7 +45,7 @@ import struct
 from collections import deque
 from collections.abc import Callable
 from types import TracebackType
-from typing import Literal, Self
+from typing import Literal, Self, cast
 from urllib.parse import urlsplit, urlunsplit
 
 __all__ = ["Direction", "FaultProxy"]
@@ -94,8 +94,8 @@ class _Side(asyncio.Protocol):
         self.peer_closed = False  # counted in FaultProxy.peer_closes
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports have the Transport methods without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
         self.made = True
         self.link.side_made(self)
 
