@@ -6,7 +6,12 @@ Runs the harness's workloads through leveret's public API only:
   consume_ack       `async with conn.consume(q, prefetch=...)`, `async for`, `msg.ack()`
   rpc_latency       `conn.serve(q, handler)` on one connection, sequential
                     `await conn.call(q, body)` on another (direct reply-to; the
-                    server acks each request after its confirmed reply)
+                    server's reply and ack go out together on the request's channel)
+
+Variants of publish_confirm for the blocking facade (`leveret:blocking_many`,
+`leveret:blocking_threads`), to set beside pika's BlockingConnection (`pika`):
+  blocking_many     `conn.publish_many(bodies)` from a plain thread
+  blocking_threads  16 threads, each a loop of `conn.publish(body)` on one shared connection
 
 From the project root, with the broker from `python -m leveret.testing start`:
     python ../shared/bench/run.py --client-dir benchmarks \
@@ -121,9 +126,58 @@ async def rpc_latency(args: Any) -> dict[str, Any]:
     }
 
 
+BLOCKING_THREADS = 16
+
+
+def blocking_publish(args: Any) -> dict[str, Any]:
+    import threading
+
+    import leveret.blocking
+
+    body = body_of(args.size)
+    with leveret.blocking.connect(args.url) as conn:
+        conn.declare_queue(args.queue)
+        meter = Meter()
+        if args.variant == "blocking_many":
+            meter.start()
+            confirmed = conn.publish_many((body for _ in range(args.n)), routing_key=args.queue)
+            meter.stop()
+            mode = "blocking conn.publish_many(generator of N bodies)"
+        else:
+            share, extra = divmod(args.n, BLOCKING_THREADS)
+            counts = [share + (1 if i < extra else 0) for i in range(BLOCKING_THREADS)]
+            done: list[int] = []
+
+            def publisher(count: int) -> None:
+                for _ in range(count):
+                    conn.publish(body, routing_key=args.queue)
+                done.append(count)
+
+            threads = [threading.Thread(target=publisher, args=(c,)) for c in counts]
+            meter.start()
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            meter.stop()
+            confirmed = sum(done)
+            mode = f"{BLOCKING_THREADS} threads, each a loop of blocking conn.publish(), one connection"
+        depth = conn.declare_queue(args.queue, passive=True).message_count
+    return {
+        "meter": meter,
+        "verified": confirmed == args.n and depth == args.n,
+        "depth": depth,
+        "mode": mode,
+    }
+
+
 def impl(args: Any) -> dict[str, Any]:
     if args.workload == "publish_noconfirm":
         raise Skip("leveret always uses publisher confirms; there is no fire-and-forget publish")
+    if args.variant != "default":
+        if args.workload != "publish_confirm":
+            raise Skip(f"variant {args.variant} is for publish_confirm only")
+        return blocking_publish(args)
     workloads = {
         "publish_confirm": publish_confirm,
         "consume_ack": consume_ack,
@@ -134,4 +188,4 @@ def impl(args: Any) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    sys.exit(run_main("leveret", impl))
+    sys.exit(run_main("leveret", impl, variants=("default", "blocking_many", "blocking_threads")))

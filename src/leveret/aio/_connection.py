@@ -1212,33 +1212,9 @@ class Connection:
         `stamp_messages=False`, a message without `message_id` and `timestamp`
         gets a unique id and the current time.
         """
-        content_type = None
-        if type(body) is not bytes:
-            body, content_type = encode_body(body)
         exchange_bytes = self._encoded_name(exchange, "exchange name")
         routing_key_bytes = self._encoded_name(routing_key, "routing key")
-        if properties is None:
-            if self.stamp_messages:
-                properties_bytes = stamped_properties(
-                    _stamp_prefix(content_type, persistent), new_message_id(), timestamp_bytes()
-                )
-            elif content_type is not None:
-                properties_bytes = encode_properties(
-                    Properties(content_type=content_type), persistent
-                )
-            else:
-                properties_bytes = (
-                    PERSISTENT_PROPERTIES_BYTES if persistent else EMPTY_PROPERTIES_BYTES
-                )
-        elif isinstance(properties, Properties):
-            changes = self._filled_in(properties, content_type)
-            if changes:
-                properties = properties.replace(**changes)
-            properties_bytes = encode_properties(properties, persistent)
-        else:
-            raise TypeError(
-                f"properties must be leveret.Properties, got {type(properties).__name__}"
-            )
+        body, properties_bytes = self._message_bytes(body, properties, persistent)
         if timeout is None:
             timeout = self.publish_timeout
         elif not timeout > 0:
@@ -1290,6 +1266,91 @@ class Connection:
             target._in_flight -= 1
             if target._window_waiters:
                 target._wake_window_waiter()
+
+    def _message_bytes(
+        self, body: Body, properties: Properties | None, persistent: bool
+    ) -> tuple[bytes, bytes]:
+        """The body and property block a publish sends, leveret's stamps included."""
+        content_type = None
+        if type(body) is not bytes:
+            body, content_type = encode_body(body)
+        if properties is None:
+            if self.stamp_messages:
+                return body, stamped_properties(
+                    _stamp_prefix(content_type, persistent), new_message_id(), timestamp_bytes()
+                )
+            if content_type is not None:
+                return body, encode_properties(Properties(content_type=content_type), persistent)
+            return body, PERSISTENT_PROPERTIES_BYTES if persistent else EMPTY_PROPERTIES_BYTES
+        if isinstance(properties, Properties):
+            changes = self._filled_in(properties, content_type)
+            if changes:
+                properties = properties.replace(**changes)
+            return body, encode_properties(properties, persistent)
+        raise TypeError(f"properties must be leveret.Properties, got {type(properties).__name__}")
+
+    def _start_publish(
+        self,
+        body: Body,
+        *,
+        routing_key: str = "",
+        exchange: str = "",
+        properties: Properties | None = None,
+        persistent: bool = False,
+        mandatory: bool = False,
+        timeout: float | None = None,
+    ) -> asyncio.Future[None] | None:
+        """`publish()` without a coroutine, for callers from other threads.
+
+        Sends at once and returns the future of the confirm, or returns None
+        when `publish()` would have to wait first (no publish channel yet, a
+        reconnect, a blocked broker, a full window): the caller then awaits
+        `publish()`. Raises what `publish()` raises before sending.
+        """
+        exchange_bytes = self._encoded_name(exchange, "exchange name")
+        routing_key_bytes = self._encoded_name(routing_key, "routing key")
+        body, properties_bytes = self._message_bytes(body, properties, persistent)
+        if timeout is None:
+            timeout = self.publish_timeout
+        elif not timeout > 0:
+            raise ValueError(f"timeout must be positive seconds, got {timeout!r}")
+        if self._error is not None or self._closing:
+            self._check_usable()
+        target = self._publisher if self._separate_publisher else self
+        if target is None:
+            return None
+        channel = target._publish_channels.get(exchange)
+        if (
+            channel is None
+            or target._link_error is not None
+            or target._write_paused
+            or not target._unblocked.is_set()
+            or target._closing
+            or target._in_flight >= target.max_in_flight
+        ):
+            return None
+        future: asyncio.Future[None] = target._loop.create_future()
+        record = Outgoing(
+            future,
+            exchange,
+            exchange_bytes,
+            routing_key,
+            routing_key_bytes,
+            body,
+            properties_bytes,
+            mandatory,
+        )
+        target._send(channel, record)
+        if timeout is not None:
+            target._deadlines.watch(record, target._loop.time() + timeout)
+        target._in_flight += 1
+        future.add_done_callback(target._publish_settled)
+        return future
+
+    def _publish_settled(self, future: asyncio.Future[None]) -> None:
+        self._in_flight -= 1
+        if self._window_waiters:
+            self._wake_window_waiter()
 
     def _filled_in(
         self, properties: Properties | None, content_type: str | None

@@ -386,17 +386,22 @@ class Connection:
         at once; each waits for its own confirm. For a batch, `publish_many`
         is much faster.
         """
-        self._call(
-            self._connection.publish(
-                body,
-                routing_key=routing_key,
-                exchange=exchange,
-                properties=properties,
-                persistent=persistent,
-                mandatory=mandatory,
-                timeout=timeout,
-            ),
-            "publish()",
+        self._check_open("publish()")
+        options: dict[str, Any] = {
+            "routing_key": routing_key,
+            "exchange": exchange,
+            "properties": properties,
+            "persistent": persistent,
+            "mandatory": mandatory,
+            "timeout": timeout,
+        }
+        connection = self._connection
+        self._portal.wait(
+            self._portal.start(
+                lambda: connection._start_publish(body, **options),
+                lambda: connection.publish(body, **options),
+                "publish()",
+            )
         )
 
     def publish_many(

@@ -19,6 +19,7 @@ import concurrent.futures
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -78,6 +79,9 @@ class Portal:
     def __init__(self, name: str) -> None:
         self.loop = asyncio.new_event_loop()
         self._stopped = False
+        # Quick jobs from other threads: one wakeup of the loop for all those queued meanwhile.
+        self._inbox: deque[Callable[[], None]] = deque()
+        self._inbox_scheduled = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -235,6 +239,50 @@ class Portal:
         except ConnectionClosedByClient:
             return default
 
+    def start(
+        self,
+        begin: Callable[[], asyncio.Future[T] | None],
+        fallback: Callable[[], Coroutine[Any, Any, T]],
+        what: str = "a blocking call",
+    ) -> concurrent.futures.Future[T]:
+        """Run `begin` on the loop; its future's outcome arrives in the returned future.
+
+        `begin` must not block: it starts the work and returns a future, or
+        None when the work has to wait, and then `fallback()` runs as a task.
+        No task and no wakeup of its own for the common case: what a blocking
+        publish costs is mostly this handoff.
+        """
+        self._check_caller(what)
+        result: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def job() -> None:
+            if not result.set_running_or_notify_cancel():
+                return
+            try:
+                future = begin()
+                if future is None:
+                    future = asyncio.ensure_future(fallback())
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+                result.set_exception(exc)
+                return
+            future.add_done_callback(lambda done: _copy_outcome(done, result))
+
+        self._inbox.append(job)
+        if not self._inbox_scheduled:
+            self._inbox_scheduled = True
+            try:
+                self.loop.call_soon_threadsafe(self._drain_inbox)
+            except RuntimeError:
+                self._inbox_scheduled = False
+                raise ConnectionClosedByClient("the connection was closed by the client") from None
+        return result
+
+    def _drain_inbox(self) -> None:
+        self._inbox_scheduled = False  # before popping: a job queued from now on schedules again
+        inbox = self._inbox
+        while inbox:
+            inbox.popleft()()
+
     def call_soon_threadsafe(self, function: Callable[..., object], *args: Any) -> bool:
         """Schedule `function(*args)` on the loop; False if the loop has closed."""
         try:
@@ -242,3 +290,14 @@ class Portal:
         except RuntimeError:
             return False
         return True
+
+
+def _copy_outcome(done: asyncio.Future[T], result: concurrent.futures.Future[T]) -> None:
+    if result.done():
+        return  # the waiting thread gave up (Ctrl-C) and cancelled it
+    if done.cancelled():
+        result.cancel()
+    elif (exc := done.exception()) is not None:
+        result.set_exception(exc)
+    else:
+        result.set_result(done.result())
