@@ -31,7 +31,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_HARNESS = ROOT.parent / "shared" / "bench" / "run.py"
 PEERS = ["aio_pika", "aiormq", "pika", "pika_select"]
-CLIENTS = ["leveret", *PEERS, "raw_limit"]
+BLOCKING = ["leveret:blocking_many", "leveret:blocking_threads"]  # publish_confirm only
+CLIENTS = ["leveret", *BLOCKING, *PEERS, "raw_limit"]
 WORKLOADS = ["publish_confirm", "consume_ack", "rpc_latency"]
 BENCH_PACKAGES = ["aio-pika", "aiormq", "pika", "matplotlib"]
 BENCH_IMPORTS = "import aio_pika, aiormq, pika, matplotlib"
@@ -153,14 +154,28 @@ def run_harness(args: argparse.Namespace, bench_python: Path, clients: list[str]
         ]
         log(" ".join(command))
         code = subprocess.run(command).returncode
+        memory = run_memory(broker.url, args.memory_n) if args.memory_n else None
         if out.exists():
             data = json.loads(out.read_text())
+            data["memory"] = memory
             data["meta"]["broker_version"] = broker.version()
             data["meta"]["machine"] = (
                 f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs"
             )
             out.write_text(json.dumps(data, indent=1, sort_keys=True))
     return code
+
+
+def run_memory(url: str, n: int) -> dict[str, Any] | None:
+    """benchmarks/memory.py: tracemalloc over n messages through a publisher and a consumer."""
+    command = [sys.executable, str(ROOT / "benchmarks" / "memory.py"), "--url", url, "--n", str(n)]
+    log(" ".join(command))
+    done = subprocess.run(command, capture_output=True, text=True)
+    if not done.stdout.strip():
+        log(f"memory run failed: {done.stderr.strip()[-500:]}")
+        return None
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
 
 
 # -- the report ---------------------------------------------------------------------------------
@@ -205,7 +220,7 @@ def workload_table(
     lines = [head, "|---" * (head.count("|") - 1) + "|"]
     for client in clients:
         cell = cells.get((client, workload))
-        if cell is None:
+        if cell is None or (client in BLOCKING and cell.get("skipped")):
             continue
         name = f"**{client}**" if client == "leveret" else client
         why = _status(cell)
@@ -242,7 +257,7 @@ def headline(
     peers = [
         (cells[(c, workload)].get(key), c)
         for c in clients
-        if c not in ("leveret", RAW) and (c, workload) in cells
+        if c not in ("leveret", RAW, *BLOCKING) and (c, workload) in cells
     ]
     peers = [(v, c) for v, c in peers if v is not None]
     if ours is None:
@@ -259,6 +274,127 @@ def headline(
             f"; best peer {name}: {_num(best, 0 if rpc else 1)} µs ({best / ours:.2f}x leveret's)"
         )
     return text + "."
+
+
+def _value(
+    cells: dict[tuple[str, str], dict[str, Any]], client: str, workload: str, key: str
+) -> Any:
+    return cells.get((client, workload), {}).get(key)
+
+
+def _target(what: str, shown: str, met: bool | None) -> str:
+    verdict = "-" if met is None else "met" if met else "**not met**"
+    return f"| {what} | {shown} | {verdict} |"
+
+
+def targets(data: dict[str, Any]) -> list[str]:
+    """The performance targets, each with the figure from this run and whether it holds."""
+    cells = _cells(data)
+    cpu, rate, p50 = "cpu_us_per_msg_median", "msgs_per_s_median", "p50_us_median"
+    pub, con, rpc = "publish_confirm", "consume_ack", "rpc_latency"
+    rows = ["| target | this run | |", "|---|---|---|"]
+
+    def at_most(what: str, value: float | None, limit: float, unit: str) -> None:
+        shown = "-" if value is None else f"{_num(value, 1)} {unit}"
+        rows.append(_target(what, shown, None if value is None else value <= limit))
+
+    def ratio_at_least(what: str, top: float | None, bottom: float | None, floor: float) -> None:
+        if top is None or not bottom:
+            rows.append(_target(what, "-", None))
+            return
+        rows.append(_target(what, f"{top / bottom:.2f}x", top / bottom >= floor))
+
+    ours_pub = _value(cells, "leveret", pub, cpu)
+    at_most("publish: client CPU per message at most 15 µs", ours_pub, 15, "µs")
+    ratio_at_least(
+        "publish: CPU 2x better than pika_select",
+        _value(cells, "pika_select", pub, cpu),
+        ours_pub,
+        2,
+    )
+    ratio_at_least(
+        "publish: CPU 20x better than aio_pika", _value(cells, "aio_pika", pub, cpu), ours_pub, 20
+    )
+    ratio_at_least(
+        "publish: throughput 80% of the raw floor",
+        _value(cells, "leveret", pub, rate),
+        _value(cells, RAW, pub, rate),
+        0.8,
+    )
+    at_most(
+        "consume: client CPU per message at most 20 µs",
+        _value(cells, "leveret", con, cpu),
+        20,
+        "µs",
+    )
+    ratio_at_least(
+        "consume: throughput 70% of the raw floor",
+        _value(cells, "leveret", con, rate),
+        _value(cells, RAW, con, rate),
+        0.7,
+    )
+    ours_rpc = _value(cells, "leveret", rpc, p50)
+    raw_rpc = _value(cells, RAW, rpc, p50)
+    if ours_rpc is not None and raw_rpc:
+        rows.append(
+            _target(
+                "RPC: p50 at most 1.1x the raw floor's",
+                f"{ours_rpc / raw_rpc:.2f}x",
+                ours_rpc <= 1.1 * raw_rpc,
+            )
+        )
+    peers = [_value(cells, c, rpc, p50) for c in [*PEERS, "carehare"]]
+    peers = [v for v in peers if v is not None]
+    if ours_rpc is not None and peers:
+        rows.append(
+            _target(
+                "RPC: p50 below every peer's",
+                f"{_num(ours_rpc)} µs vs best peer {_num(min(peers))} µs",
+                ours_rpc < min(peers),
+            )
+        )
+    pika_rate = _value(cells, "pika", pub, rate)
+    for variant, label in zip(BLOCKING, ("publish_many", "16 publishing threads"), strict=True):
+        ratio_at_least(
+            f"blocking {label}: 5x pika's BlockingConnection",
+            _value(cells, variant, pub, rate),
+            pika_rate,
+            5,
+        )
+    memory = data.get("memory")
+    if memory:
+        rows.append(
+            _target(
+                f"memory flat over {memory['n']:,} messages (tracemalloc)",
+                f"{memory['growth_bytes'] / 1024:+,.0f} KiB after warm-up",
+                bool(memory["flat"]),
+            )
+        )
+    return rows  # fmt: skip
+
+
+def memory_section(memory: dict[str, Any] | None) -> list[str]:
+    if not memory:
+        return []
+    samples = ", ".join(f"{heap / 2**20:.1f}" for _, heap in memory["samples"])
+    lines = [
+        "## Memory",
+        "",
+        f"`benchmarks/memory.py`: {memory['mode']}; {memory['n']:,} messages of "
+        f"{memory['size']} B in {memory['seconds']} s. Python heap (MiB, tracemalloc, after a "
+        f"full collection) every {memory['n'] // 20:,} messages: {samples}.",
+        "",
+        f"Median of the four samples after warm-up: {memory['baseline_bytes'] / 2**20:.2f} MiB; "
+        f"median of the last four: {(memory['baseline_bytes'] + memory['growth_bytes']) / 2**20:.2f}"
+        f" MiB; growth {memory['growth_bytes'] / 1024:+,.0f} KiB (flat means at most "
+        f"{memory['flat_limit_bytes'] / 1024:,.0f} KiB, one byte per message at 1,000,000).",
+        "",
+    ]
+    if memory.get("growing_sites"):
+        lines += ["Largest growing allocation sites (between samples 2 and 20):", ""]
+        lines += [f"- `{site}`" for site in memory["growing_sites"]]
+        lines.append("")
+    return lines
 
 
 def render(data: dict[str, Any], png: str | None) -> str:
@@ -300,6 +436,7 @@ def render(data: dict[str, Any], png: str | None) -> str:
         if sentence:
             lines.append(f"- {sentence}")
     lines.append("")
+    lines += ["## Targets", "", *targets(data), ""]
     if png:
         lines += [f"![throughput and CPU per message]({png})", ""]
     for workload in workloads:
@@ -311,6 +448,7 @@ def render(data: dict[str, Any], png: str | None) -> str:
             if modes and any(modes):
                 lines.append(f"- {client}: {'; '.join(m for m in modes if m)}")
         lines.append("")
+    lines += memory_section(data.get("memory"))
     lines += [
         "## Notes",
         "",
@@ -319,9 +457,12 @@ def render(data: dict[str, Any], png: str | None) -> str:
         "  matches its request; a failed check fails the cell.",
         "- leveret has no fire-and-forget publish (every `publish()` waits for its confirm), so",
         "  the harness's `publish_noconfirm` workload does not apply to it.",
-        "- `rpc_latency` is not like for like: leveret's `serve()` publishes each reply with a",
-        "  publisher confirm and acks the request only after it, while the peers' servers use",
-        "  no-ack consumers and no confirms. Its RPC figures include that extra safety.",
+        "- `rpc_latency` is not like for like: leveret's `serve()` consumes with manual acks",
+        "  (a request is acked only after its reply, sent on the same channel, so the broker",
+        "  has routed the reply first), while the peers' servers use no-ack consumers.",
+        "- `leveret:blocking_many` and `leveret:blocking_threads` are the blocking facade",
+        "  (`leveret.blocking`), beside `pika` (pika's BlockingConnection, one publish at a",
+        "  time as its API allows); they run `publish_confirm` only.",
         "- raw_limit is a floor for CPU per message, not a ceiling for throughput: with broker",
         "  and client on the same cores, msgs/s also depends on how the broker is scheduled,",
         "  so a client can pass it in msgs/s while using more CPU.",
@@ -352,10 +493,16 @@ def plot(data: dict[str, Any], path: str) -> None:
         ]  # fmt: skip
         for row, (key, label) in enumerate(rows):
             axis = axes[row][column]
-            names = [c for c in clients if cells.get((c, workload), {}).get(key) is not None]
+            names = [
+                c
+                for c in clients
+                if cells.get((c, workload), {}).get(key) is not None
+                and not (c in BLOCKING and workload != "publish_confirm")
+            ]
             values = [cells[(c, workload)][key] for c in names]
             colours = [
-                "#d9480f" if c == "leveret" else "#868e96" if c == RAW else "#4c6ef5" for c in names
+                "#d9480f" if c.startswith("leveret") else "#868e96" if c == RAW else "#4c6ef5"
+                for c in names
             ]
             bars = axis.bar(names, values, color=colours)
             axis.bar_label(bars, labels=[_num(v, 0 if v >= 100 else 1) for v in values], fontsize=7)
@@ -413,6 +560,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-carehare", action="store_true")
     parser.add_argument("--json", type=Path, help="keep the raw results here")
+    parser.add_argument(
+        "--memory-n",
+        type=int,
+        default=1_000_000,
+        help="messages for the tracemalloc memory run (0: skip it)",
+    )
     parser.add_argument("--docs", type=Path, default=ROOT / "docs")
     parser.add_argument("--from-json", type=Path, help="only rewrite the docs from saved results")
     parser.add_argument("--plot", nargs=2, metavar=("JSON", "PNG"), help=argparse.SUPPRESS)
