@@ -24,6 +24,7 @@ from leveret.exceptions import __all__ as _exceptions_all
 
 if TYPE_CHECKING:
     from leveret import blocking
+    from leveret._loop import run
     from leveret.aio import (
         Backoff,
         Connection,
@@ -69,6 +70,7 @@ __all__ = [
     "blocking",
     "connect",
     "parse_url",
+    "run",
     *_exceptions_all,
 ]
 
@@ -80,6 +82,10 @@ def __getattr__(name: str) -> Any:
         value = getattr(aio, name)
         globals()[name] = value
         return value
+    if name == "run":  # lazy: `import leveret.protocol` must not import asyncio
+        from leveret._loop import run
+
+        return run
     if name == "blocking":  # leveret.blocking, the API without await
         import leveret.blocking
 

@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+from leveret._loop import new_event_loop
 from leveret.exceptions import ConnectionClosedByClient
 
 __all__ = ["Portal"]
@@ -77,7 +78,7 @@ class Portal:
     """An event loop running in a daemon thread of its own, and the ways into it."""
 
     def __init__(self, name: str) -> None:
-        self.loop = asyncio.new_event_loop()
+        self.loop = new_event_loop()  # uvloop's when installed
         self._stopped = False
         # Quick jobs from other threads: one wakeup of the loop for all those queued meanwhile.
         self._inbox: deque[Callable[[], None]] = deque()
