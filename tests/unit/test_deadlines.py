@@ -27,9 +27,11 @@ async def test_expired_publishes_fail_in_deadline_order_and_later_ones_wait() ->
     deadlines._sweep()
     assert expired == ["first", "shorter-timeout"]
     assert len(deadlines) == 1
-    assert deadlines._timer is not None and deadlines._timer.when() == now + 3600
+    assert deadlines._timer is not None
+    assert deadlines._timer.when() == now + 3600
     deadlines.cancel()
-    assert len(deadlines) == 0 and deadlines._timer is None
+    assert len(deadlines) == 0
+    assert deadlines._timer is None
     assert not late.future.done()
 
 

@@ -107,8 +107,8 @@ class Message:
         """Publish a reply on this delivery's channel, then ack it, in one write.
 
         The broker takes a channel's frames in order, so it has routed the
-        reply before it sees the ack: acking after a confirmed reply, without
-        waiting a round trip for the confirm. False (nothing sent) when the
+        reply before it sees the ack: as safe as acking after the reply's
+        confirm, without waiting a round trip for it. False (nothing sent) when the
         channel has closed: the broker redelivers the request.
         """
         if self._settled or self._channel.closed is not None:

@@ -1,7 +1,7 @@
 """Blocking RPC server: `with conn.serve(queue, handler):` with a plain-function handler.
 
-The asyncio `RpcServer` does the work (consume, reply, ack after the
-confirmed reply, error replies); each request's handler runs in one of
+The asyncio `RpcServer` does the work (consume, reply, ack behind the
+reply on the request's channel, error replies); each request's handler runs in one of
 `concurrency` worker threads, so a slow handler never holds up the I/O
 thread's heartbeats and acks. The workers are daemon threads: a handler
 stuck forever does not keep the interpreter from exiting.
@@ -34,8 +34,8 @@ class Server:
 
     `handler(msg)` runs in one of `concurrency` worker threads and returns the
     reply body (bytes, str, a JSON-able object, or None for an empty reply); an exception becomes the
-    caller's `RemoteError`. Each request is acked once its reply was
-    confirmed. `wait()` (or `conn.serve_forever(...)`) blocks until the
+    caller's `RemoteError`. Each request is acked right behind its reply, on
+    the channel it came in on (so the broker routes the reply first). `wait()` (or `conn.serve_forever(...)`) blocks until the
     server ends: Ctrl-C, or the error that ended it (e.g. ConsumerCancelled).
     """
 
