@@ -39,6 +39,11 @@ EXAMPLES_TEST = ROOT / "tests" / "integration" / "test_examples.py"
 RUN_TIMEOUT = 90.0  # seconds for one block; they take about one
 README_URL = "amqp://guest:guest@localhost/"
 COMPILE_ONLY_TITLES = {"aio-pika"}  # libraries leveret does not depend on
+PYTEST_INI = """[pytest]
+asyncio_mode = auto
+asyncio_default_fixture_loop_scope = function
+filterwarnings = error
+"""
 
 _FENCE = re.compile(r"^(?P<indent> *)(?P<fence>`{3,})(?P<info>.*)$")
 _TITLE = re.compile(r'title="([^"]*)"')
@@ -160,8 +165,9 @@ def test_test_block_passes(block: Block, rabbitmq, rabbitmq_url: str, tmp_path: 
             """
         )
     )
+    (tmp_path / "pytest.ini").write_text(PYTEST_INI)  # what testing.md tells readers to set
     args = [sys.executable, "-m", "pytest", "-q", "-p", "no:leveret", "-p", "no:cacheprovider"]
-    args += ["-o", "asyncio_mode=auto", "-W", "error", str(tmp_path)]
+    args.append(str(tmp_path))
     result = _run(args, tmp_path, rabbitmq_url)
     _check_ran(block, result)
     assert " passed" in result.stdout and " failed" not in result.stdout, result.stdout
