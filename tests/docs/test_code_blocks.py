@@ -13,6 +13,10 @@ Documentation that is not run goes stale. The rules, by a block's fence:
 - `--8<-- "examples/X.py"`: a tutorial included verbatim from examples/, which
   tests/integration/test_examples.py runs as real processes; here we check it is one of them.
 
+Shell blocks are commands to type, not run (they start brokers, or wait for Ctrl-C), but
+each `python examples/...` and `python -m leveret.testing ...` line in them must at least
+parse: it is run with `--help` (with the subcommand alone for leveret.testing).
+
 README.md keeps short fragments (`conn` and `stop` defined elsewhere): its blocks that are
 whole programs run with the URL in them pointed at the private node; the others are compiled.
 """
@@ -22,6 +26,7 @@ from __future__ import annotations
 import ast
 import os
 import re
+import shlex
 import subprocess
 import sys
 import textwrap
@@ -106,6 +111,16 @@ SCRIPTS = [b for b in PYTHON_BLOCKS if b not in INCLUDES + TESTS + COMPILE_ONLY]
 README_BLOCKS = [b for b in _blocks(README) if b.language == "python"]
 
 
+SHELL_BLOCKS = [b for f in DOC_FILES for b in _blocks(f) if b.language in ("sh", "bash")]
+_COMMAND = re.compile(r"^(?:\.venv/bin/)?python (examples/\S+\.py|-m leveret\.testing)\b(.*)$")
+COMMANDS = [
+    (block, line.split("#")[0].strip())
+    for block in SHELL_BLOCKS
+    for line in block.code.splitlines()
+    if _COMMAND.match(line.split("#")[0].strip())
+]
+
+
 def _is_program(block: Block) -> bool:
     return "asyncio.run(" in block.code or "leveret.blocking.connect(" in block.code
 
@@ -133,6 +148,7 @@ def test_the_docs_have_runnable_blocks() -> None:
     assert len(SCRIPTS) >= 30
     assert TESTS
     assert len(INCLUDES) == 7  # the seven tutorials
+    assert len(COMMANDS) >= 20
 
 
 @pytest.mark.parametrize("block", SCRIPTS, ids=lambda b: b.id)
@@ -203,3 +219,14 @@ def test_readme_block(block: Block, rabbitmq_url: str, tmp_path: Path) -> None:
     script = tmp_path / "block.py"
     script.write_text(block.code.replace(README_URL, rabbitmq_url))
     _check_ran(block, _run([sys.executable, str(script)], tmp_path, rabbitmq_url))
+
+
+@pytest.mark.parametrize(("block", "command"), COMMANDS, ids=[f"{b.id}:{c}" for b, c in COMMANDS])
+def test_shell_command_parses(block: Block, command: str, tmp_path: Path) -> None:
+    words = shlex.split(command)[1:]  # without "python"
+    if words[0] == "-m":  # python -m leveret.testing SUBCOMMAND ...: the subcommand's help
+        words = words[:3]
+    else:
+        words[0] = str(ROOT / words[0])
+    result = _run([sys.executable, *words, "--help"], tmp_path, "amqp://unused/")
+    assert result.returncode == 0, f"{block.id}: {command!r} does not parse:\n{result.stderr}"
