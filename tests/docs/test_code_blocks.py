@@ -3,7 +3,8 @@
 Documentation that is not run goes stale. The rules, by a block's fence:
 
 - ```python: a complete program, run as `python block.py` in a scratch directory with
-  `AMQP_URL` set to the private node's URL (blocks read it as
+  `AMQP_URL` set to the private node's URL, in a virtual host of the docs' own that is
+  deleted afterwards, so what the examples declare meets no other test (blocks read it as
   `os.environ.get("AMQP_URL", "amqp://guest:guest@localhost/")`). It must exit 0, and when
   the next block is ```text title="Output", print exactly that.
 - ```python title="test_NAME.py": a test module, run by pytest with the `rabbitmq`,
@@ -30,6 +31,7 @@ import shlex
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +47,7 @@ README = ROOT / "README.md"
 EXAMPLES_TEST = ROOT / "tests" / "integration" / "test_examples.py"
 RUN_TIMEOUT = 90.0  # seconds for one block; they take about one
 README_URL = "amqp://guest:guest@localhost/"
+DOCS_VHOST = "leveret-docs"
 COMPILE_ONLY_TITLES = {"aio-pika"}  # libraries leveret does not depend on
 PYTEST_INI = """[pytest]
 asyncio_mode = auto
@@ -121,6 +124,16 @@ COMMANDS = [
 ]
 
 
+@pytest.fixture(scope="module")
+def docs_url(rabbitmq: RabbitMQNode, rabbitmq_url: str) -> Iterator[str]:
+    """The node's URL with a virtual host for the docs' examples, deleted with all they left."""
+    rabbitmq.add_vhost(DOCS_VHOST)
+    try:
+        yield rabbitmq_url.rstrip("/") + "/" + DOCS_VHOST
+    finally:
+        rabbitmq.delete_vhost(DOCS_VHOST)
+
+
 def _is_program(block: Block) -> bool:
     return "asyncio.run(" in block.code or "leveret.blocking.connect(" in block.code
 
@@ -152,10 +165,10 @@ def test_the_docs_have_runnable_blocks() -> None:
 
 
 @pytest.mark.parametrize("block", SCRIPTS, ids=lambda b: b.id)
-def test_block_runs(block: Block, rabbitmq_url: str, tmp_path: Path) -> None:
+def test_block_runs(block: Block, docs_url: str, tmp_path: Path) -> None:
     script = tmp_path / "block.py"
     script.write_text(block.code)
-    _check_ran(block, _run([sys.executable, str(script)], tmp_path, rabbitmq_url))
+    _check_ran(block, _run([sys.executable, str(script)], tmp_path, docs_url))
 
 
 @pytest.mark.parametrize("block", TESTS, ids=lambda b: b.id)
@@ -211,14 +224,14 @@ def test_included_example_is_run_by_the_examples_tests(block: Block) -> None:
 
 
 @pytest.mark.parametrize("block", README_BLOCKS, ids=lambda b: b.id)
-def test_readme_block(block: Block, rabbitmq_url: str, tmp_path: Path) -> None:
+def test_readme_block(block: Block, docs_url: str, tmp_path: Path) -> None:
     if not _is_program(block):  # a fragment: at least it must be valid Python
         compile(block.code, block.id, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
         return
     assert README_URL in block.code, f"{block.id}: expected the URL {README_URL}"
     script = tmp_path / "block.py"
-    script.write_text(block.code.replace(README_URL, rabbitmq_url))
-    _check_ran(block, _run([sys.executable, str(script)], tmp_path, rabbitmq_url))
+    script.write_text(block.code.replace(README_URL, docs_url))
+    _check_ran(block, _run([sys.executable, str(script)], tmp_path, docs_url))
 
 
 @pytest.mark.parametrize(("block", "command"), COMMANDS, ids=[f"{b.id}:{c}" for b, c in COMMANDS])
