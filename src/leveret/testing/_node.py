@@ -739,7 +739,7 @@ class RabbitMQNode:
 
     def list_connections(self, *extra: str) -> list[dict[str, Any]]:
         """AMQP connections: name, user, vhost, state ("running", "blocked", ...) and
-        client_properties as a dict (e.g. ["client_properties"]["connection_name"]), plus
+        client_properties as a dict (e.g. `["client_properties"]["connection_name"]`), plus
         the `extra` info items, e.g. "ssl", "ssl_protocol", "peer_cert_subject", "auth_mechanism"."""
         rows = self._ctl_json(
             "list_connections", "name", "user", "vhost", "state", "client_properties", *extra
