@@ -887,6 +887,11 @@ class Connection:
     def frame_max(self) -> int:
         return self._core.frame_max
 
+    @property
+    def channel_max(self) -> int:
+        """The negotiated highest channel number (the broker's and ours, the lower)."""
+        return self._core.channel_max
+
     def _check_usable(self) -> None:
         if self._error is not None:
             raise self._error.with_traceback(None)

@@ -1,8 +1,32 @@
-"""The `leveret` command: `bench`, `publish`, `consume`, `declare-queue`, `delete-queue`, `mesh`, `demo`.
+"""The `leveret` command: ping, declare/delete/purge, publish, consume, call, bench, mesh, demo.
 
-Every subcommand goes through the public API only. Broker errors become one
-line on stderr (`leveret: NotFound: ...`) and exit code 1; bad arguments are
-argparse errors (exit code 2); Ctrl-C exits with 130.
+Every subcommand goes through the public API only. A failure prints one line
+on stderr (`leveret: NotFound: 404 NOT_FOUND - no queue 'x' in vhost '/'`);
+`--verbose` prints the traceback and the broker's reply fields before it. The
+exit code says what failed, by the exception's class (the most specific row
+wins, so `AuthenticationFailed` is 4 although it is also a `ConnectFailed`):
+
+code  exception                                 meaning
+   0  -                                         success
+   1  LeveretError                              other leveret errors; bench: a message was lost
+   2  UsageError, ValueError                    bad arguments or values; nothing was sent
+   3  ConnectFailed                             no broker reachable (TCP, TLS or handshake)
+   4  AuthenticationFailed                      the broker refused the credentials
+   5  ConnectionClosed                          connection lost or closed (530 no such vhost)
+   6  AccessRefused                             403: no permission for this resource
+   7  NotFound                                  404: no such queue or exchange
+   8  ResourceLocked                            405: queue exclusive to another connection
+   9  PreconditionFailed                        406: e.g. redeclared with other arguments
+  10  ChannelClosedByServer                     another channel error from the broker
+  11  PublishNacked                             the broker refused (nacked) a message
+  12  MessageReturned                           no queue took a --mandatory message or a call
+  13  PublishTimeout, RPCTimeout, TimeoutError  no confirm or reply in time
+  14  RemoteError                               call: the server's handler raised
+  15  ConsumerCancelled                         consume: the broker cancelled the consumer
+  70  Exception                                 internal error (a bug; --verbose shows where)
+ 130  KeyboardInterrupt                         interrupted (Ctrl-C)
+
+Codes are stable: a new failure kind gets a new number, never an old one.
 """
 
 from __future__ import annotations
@@ -15,15 +39,27 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 
 import leveret
-from leveret.cli import _bench, _consume, _demo, _mesh, _publish, _queue
+from leveret.cli import (
+    _bench,
+    _call,
+    _consume,
+    _demo,
+    _exit,
+    _mesh,
+    _ping,
+    _publish,
+    _topology,
+)
 
 __all__ = ["main"]
 
 SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], ...] = (
-    _bench.register,
+    _ping.register,
+    _topology.register,
     _publish.register,
     _consume.register,
-    _queue.register,
+    _call.register,
+    _bench.register,
     _mesh.register,
     _demo.register,
 )
@@ -31,7 +67,10 @@ SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="leveret", description="RabbitMQ from the command line, through leveret."
+        prog="leveret",
+        description="RabbitMQ from the command line, through leveret.",
+        epilog="exit codes:\n" + _exit.render_table(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"leveret {leveret.__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -40,11 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run(argv: list[str]) -> int:
-    if argv[:1] == ["demo"]:  # the demo parses its own arguments, --help included
-        return _demo.run_demo(argv[1:])
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def _run(args: argparse.Namespace) -> int:
     check: Callable[[argparse.Namespace], None] | None = getattr(args, "check", None)
     if check is not None:
         check(args)
@@ -81,16 +116,20 @@ def _leveret_logs(verbose: int) -> Iterator[None]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (argparse errors raise SystemExit(2))."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    args = argparse.Namespace(verbose=0)
     try:
-        return _run(list(sys.argv[1:] if argv is None else argv))
-    except leveret.LeveretError as exc:
-        print(f"leveret: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("leveret: interrupted", file=sys.stderr)
-        return 130
+        if arguments[:1] == ["demo"]:  # the demo parses its own arguments, --help included
+            return _demo.run_demo(arguments[1:])
+        args = build_parser().parse_args(arguments)
+        return _run(args)
     except BrokenPipeError:
         # stdout went away (e.g. `leveret consume q | head`): quietly, as other Unix tools do.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 1
+    except KeyboardInterrupt:
+        print("leveret: interrupted", file=sys.stderr)
+        return _exit.INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one line and its exit code
+        return _exit.report(exc, args.verbose)
