@@ -13,6 +13,8 @@ import traceback
 from dataclasses import dataclass
 from typing import TextIO
 
+from pamqp.commands import INDEX_MAPPING
+
 import leveret
 
 __all__ = [
@@ -102,9 +104,15 @@ def render_table() -> str:
 
 
 def _details(exc: BaseException) -> list[str]:
-    """What --verbose adds beyond the traceback: the broker's reply fields."""
-    fields = ("reply_code", "reply_text", "class_id", "method_id", "exchange", "routing_key")
+    """What --verbose adds beyond the traceback: the broker's reply fields, and the AMQP
+    method the broker refused, by name (its class and method ids are not for humans)."""
+    fields = ("reply_code", "reply_text", "exchange", "routing_key")
     shown = [f"{name}={getattr(exc, name)!r}" for name in fields if hasattr(exc, name)]
+    class_id, method_id = getattr(exc, "class_id", 0), getattr(exc, "method_id", 0)
+    if class_id:
+        method = INDEX_MAPPING.get(class_id << 16 | method_id)
+        name = getattr(method, "name", None) or f"{class_id}/{method_id}"
+        shown.append(f"method={name}")
     return [f"details: {', '.join(shown)}"] if shown else []
 
 
