@@ -1,15 +1,24 @@
-"""`leveret bench` arithmetic without a broker: percentiles, the summary, the loss accounting."""
+"""The command line's pure parts, without a broker: `leveret bench` arithmetic (percentiles,
+the summary, the loss accounting), the exit-code table and the progress bar."""
 
 from __future__ import annotations
 
+import inspect
+import io
 import json
 import struct
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import leveret
+import leveret.cli
+from leveret import exceptions
+from leveret.cli._exit import EXIT_CODES, UsageError, exit_code, one_line, render_table, report
 from leveret.cli._load import HEADER_SIZE, Tracker
+from leveret.cli._progress import Progress, render
 from leveret.cli._summary import BenchSummary, Latency, percentile
 
 
@@ -168,3 +177,111 @@ def test_body_header_carries_send_time_tag_and_sequence() -> None:
     sent, body = tracker.body(0, bytes(100))
     assert len(body) == HEADER_SIZE + 100
     assert struct.unpack_from(">QII", body) == (sent, tracker.tag, 0)
+
+
+# -- exit codes ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (leveret.LeveretError("x"), 1),
+        (leveret.PayloadError("not JSON"), 1),  # a ValueError too: the leveret row wins
+        (UsageError("x"), 2),
+        (ValueError("x"), 2),
+        (leveret.ConnectFailed("x"), 3),
+        (leveret.AuthenticationFailed("x"), 4),  # more specific than its ConnectFailed base
+        (leveret.ConnectionLost("x"), 5),
+        (leveret.HeartbeatTimeout("x"), 5),
+        (leveret.ConnectionForced(320, "CONNECTION_FORCED"), 5),
+        (leveret.NotAllowed(530, "NOT_ALLOWED"), 5),
+        (leveret.AccessRefused(403, "ACCESS_REFUSED"), 6),
+        (leveret.NotFound(404, "NOT_FOUND"), 7),
+        (leveret.ResourceLocked(405, "RESOURCE_LOCKED"), 8),
+        (leveret.PreconditionFailed(406, "PRECONDITION_FAILED"), 9),
+        (leveret.ContentTooLarge(311, "CONTENT_TOO_LARGE"), 10),
+        (leveret.PublishNacked("x"), 11),
+        (leveret.MessageReturned(312, "NO_ROUTE", "", "q", b"", leveret.Properties()), 12),
+        (leveret.PublishTimeout("x"), 13),  # a PublishError and a TimeoutError: 13, not 1
+        (leveret.RPCTimeout("x"), 13),
+        (TimeoutError(), 13),
+        (leveret.RemoteError("KeyError", "'n'"), 14),
+        (leveret.ConsumerCancelled("q", "tag"), 15),
+        (RuntimeError("bug"), 70),
+        (KeyboardInterrupt(), 130),
+    ],
+)
+def test_exit_code_is_the_most_specific_row(error: BaseException, code: int) -> None:
+    assert exit_code(error) == code
+
+
+def test_every_leveret_exception_has_a_broker_code_not_internal_or_usage() -> None:
+    classes = [getattr(exceptions, name) for name in exceptions.__all__]
+    errors = [cls for cls in classes if inspect.isclass(cls) and issubclass(cls, Exception)]
+    assert len(errors) > 30
+    for cls in errors:
+        code = next(row.code for row in EXIT_CODES for c in cls.__mro__ if c in row.classes)
+        assert code not in (0, 2, 70, 130), cls
+
+
+def test_codes_are_unique_and_documented_in_help_docstring_and_readme() -> None:
+    codes = [row.code for row in EXIT_CODES]
+    assert len(codes) == len(set(codes))
+    table = render_table()
+    assert table in (leveret.cli.__doc__ or "")
+    assert table in leveret.cli.build_parser().format_help()
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for row in EXIT_CODES:
+        line = next((x for x in readme.splitlines() if x.startswith(f"| {row.code} |")), None)
+        assert line is not None, f"README has no row for exit code {row.code}"
+        for cls in row.classes:
+            assert f"`{cls.__name__}`" in line, (row.code, cls)
+
+
+def test_one_line_flattens_multiline_messages() -> None:
+    line = one_line(leveret.NotFound(404, "NOT_FOUND - no queue\n'x'"))
+    assert line == "leveret: NotFound: 404 NOT_FOUND - no queue 'x'"
+    assert one_line(UsageError("give BODY")) == "leveret: error: give BODY"
+    internal = one_line(RuntimeError("boom"))
+    assert internal.startswith("leveret: internal error: RuntimeError: boom")
+    assert "--verbose" in internal
+
+
+def test_report_is_one_line_and_verbose_adds_traceback_and_reply_fields() -> None:
+    try:
+        raise leveret.NotFound(404, "NOT_FOUND - no queue 'x'", 50, 10)
+    except leveret.NotFound as caught:
+        error = caught
+    quiet = io.StringIO()
+    assert report(error, 0, quiet) == 7
+    assert quiet.getvalue() == "leveret: NotFound: 404 NOT_FOUND - no queue 'x'\n"
+    loud = io.StringIO()
+    assert report(error, 1, loud) == 7
+    lines = loud.getvalue().splitlines()
+    assert lines[0] == "Traceback (most recent call last):"
+    assert "reply_code=404" in lines[-2]
+    assert "method=Queue.Declare" in lines[-2]  # class 50, method 10
+    assert lines[-1] == quiet.getvalue().rstrip()
+
+
+# -- progress bar ----------------------------------------------------------------------------------
+
+
+def test_progress_render() -> None:
+    line = render(300, 1000, 2.0)
+    assert line.startswith("[#########.....................]")
+    assert "  300/1,000  30%" in line
+    assert line.endswith("150 msg/s")
+    assert render(1000, 1000, 1.0).startswith("[" + "#" * 30 + "]")
+    assert render(12345, None, 0.0) == "   12,345 sent  0 msg/s"
+
+
+def test_progress_into_a_file_writes_whole_lines_and_always_the_last() -> None:
+    out = io.StringIO()
+    progress = Progress(out, 3)
+    for _ in range(3):
+        progress.advance()
+    progress.finish()
+    lines = out.getvalue().splitlines()
+    assert "\r" not in out.getvalue()
+    assert "3/3 100%" in lines[-1]

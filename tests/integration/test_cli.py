@@ -171,25 +171,25 @@ async def test_bench_ctrl_c_prints_the_summary_and_exits_130(rabbitmq_url: str) 
 # -- errors ---------------------------------------------------------------------------------------
 
 
-def test_unreachable_broker_is_one_line_and_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
+def test_unreachable_broker_is_one_line_and_exit_3(capsys: pytest.CaptureFixture[str]) -> None:
     url = f"amqp://guest:guest@127.0.0.1:{closed_port()}/"
-    assert main(["bench", "--url", url, "--count", "10"]) == 1
+    assert main(["bench", "--url", url, "--count", "10"]) == 3
     err = capsys.readouterr().err
     assert err.startswith("leveret: ConnectFailed: ")
     assert err.count("\n") == 1
 
 
-def test_wrong_password_is_one_line_and_exit_1(rabbitmq: RabbitMQNode) -> None:
+def test_wrong_password_is_one_line_and_exit_4(rabbitmq: RabbitMQNode) -> None:
     url = f"amqp://guest:wrong@127.0.0.1:{rabbitmq.port}/"
     result = cli("publish", "--url", url, "-k", "x", "body")
-    assert result.returncode == 1
+    assert result.returncode == 4
     assert result.stderr.startswith("leveret: AuthenticationFailed: ")
     assert result.stderr.count("\n") == 1
 
 
-def test_missing_queue_is_one_line_and_exit_1(rabbitmq_url: str, queue_name: str) -> None:
+def test_missing_queue_is_one_line_and_exit_7(rabbitmq_url: str, queue_name: str) -> None:
     result = cli("consume", "--url", rabbitmq_url, queue_name, "--count", "1")
-    assert result.returncode == 1
+    assert result.returncode == 7
     assert result.stderr.startswith("leveret: NotFound: ")
     assert queue_name in result.stderr
     assert "Traceback" not in result.stderr
@@ -262,7 +262,7 @@ def test_declare_queue_types_and_mismatch(
     assert main(["declare-queue", "--url", rabbitmq_url, queue_name, "--type", "quorum"]) == 0
     assert capsys.readouterr().out.startswith(queue_name)
     # Declaring it again as a classic, non-durable queue is the broker's 406.
-    assert main(["declare-queue", "--url", rabbitmq_url, queue_name]) == 1
+    assert main(["declare-queue", "--url", rabbitmq_url, queue_name]) == 9
     assert capsys.readouterr().err.startswith("leveret: PreconditionFailed: ")
     assert main(["delete-queue", "--url", rabbitmq_url, queue_name]) == 0
 
