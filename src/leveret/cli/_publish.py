@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
+import contextlib
+import os
 import sys
+import threading
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
@@ -73,9 +77,41 @@ def register(subparsers: Any) -> None:
 
 
 async def _stdin_lines() -> AsyncIterator[bytes]:
-    """stdin lines, read in a thread so confirms and heartbeats go on while input is slow."""
-    while line := await asyncio.to_thread(sys.stdin.buffer.readline):
-        yield line.rstrip(b"\r\n")
+    """stdin lines, read by a daemon thread of our own, so confirms and heartbeats go on while
+    input is slow, and Ctrl-C is not held up by a read that may never return (asyncio.run
+    joins the default executor's threads on the way out)."""
+    if sys.stdin is None:
+        raise UsageError("BODY '-' reads stdin, but stdin is closed")
+    fd = sys.stdin.fileno()
+    loop = asyncio.get_running_loop()
+    lines: asyncio.Queue[bytes | Exception | None] = asyncio.Queue(maxsize=1024)
+
+    def put(line: bytes | Exception | None) -> None:
+        asyncio.run_coroutine_threadsafe(lines.put(line), loop).result()
+
+    def read() -> None:
+        # os.read, not sys.stdin.buffer: a daemon thread blocked inside the buffered
+        # reader holds its lock, and the interpreter aborts when it finalizes stdin.
+        pending = b""
+        try:
+            while chunk := os.read(fd, 65536):
+                *complete, pending = (pending + chunk).split(b"\n")
+                for line in complete:
+                    put(line)
+            if pending:
+                put(pending)
+            put(None)
+        except (RuntimeError, concurrent.futures.CancelledError):
+            return  # the loop is gone: the command is ending anyway
+        except Exception as exc:  # noqa: BLE001 - handed to the reading side, never lost
+            with contextlib.suppress(RuntimeError, concurrent.futures.CancelledError):
+                put(exc)
+
+    threading.Thread(target=read, name="leveret-stdin", daemon=True).start()
+    while (line := await lines.get()) is not None:
+        if isinstance(line, Exception):
+            raise line
+        yield line.removesuffix(b"\r")
 
 
 async def _repeat(body: bytes, count: int) -> AsyncIterator[bytes]:
