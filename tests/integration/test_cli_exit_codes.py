@@ -231,3 +231,6 @@ def test_verbose_adds_the_traceback_and_the_refused_method(
     assert f"NOT_FOUND - no queue '{queue_name}'" in lines[-2]
     assert lines[-2].endswith("method=Queue.Declare")
     assert lines[-1].startswith("leveret: NotFound: 404 NOT_FOUND")
+    before = cli("-v", "declare", "queue", "--url", rabbitmq_url, "--passive", queue_name)
+    assert before.returncode == 7
+    assert before.stderr.splitlines()[-2] == lines[-2]

@@ -73,6 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"leveret {leveret.__version__}")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        dest="verbose_before",  # a subcommand's own -v default would overwrite `verbose`
+        help="the same as a subcommand's -v (`leveret -v publish ...`)",
+    )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for register in SUBCOMMANDS:
         register(subparsers)
@@ -122,6 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if arguments[:1] == ["demo"]:  # the demo parses its own arguments, --help included
             return _demo.run_demo(arguments[1:])
         args = build_parser().parse_args(arguments)
+        args.verbose = getattr(args, "verbose", 0) + args.verbose_before
         return _run(args)
     except BrokenPipeError:
         # stdout went away (e.g. `leveret consume q | head`): quietly, as other Unix tools do.

@@ -35,7 +35,8 @@ def common() -> argparse.ArgumentParser:
         "--verbose",
         action="count",
         default=0,
-        help="show leveret's warnings (reconnections, blocked broker); -vv for more",
+        help="on failure, the traceback and the broker's reply before the error line; "
+        "also leveret's warnings (reconnections, blocked broker); -vv for debug logs",
     )
     return parser
 

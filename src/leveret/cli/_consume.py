@@ -55,7 +55,7 @@ def register(subparsers: Any) -> None:
         dest="settle",
         help="reject each once printed: dropped, or dead-lettered if the queue has a DLX",
     )
-    parser.add_argument("queue", metavar="QUEUE")
+    parser.add_argument("queue", metavar="QUEUE", help="the queue to read (it must exist)")
     parser.add_argument("--count", type=_args.int_range(1), metavar="N", help="stop after N")
     parser.add_argument(
         "--idle-timeout",
@@ -67,6 +67,7 @@ def register(subparsers: Any) -> None:
         "--prefetch",
         type=_args.int_range(1, 65535),
         default=100,
+        metavar="N",
         help="unacked messages the broker sends ahead (default: %(default)s)",
     )
     parser.add_argument(
