@@ -42,6 +42,8 @@ def test_2_usage_errors_name_the_bad_value(rabbitmq_url: str, queue_name: str) -
     long_key = "k" * 256
     too_long = cli("publish", "--url", rabbitmq_url, "-k", long_key, "body")
     assert_fails(too_long, 2, "leveret: ValueError: routing key is 256 bytes")
+    reply_to = cli("call", "--url", rabbitmq_url, queue_name, "x", "--reply-to", "mine")
+    assert_fails(reply_to, 2, "leveret: error: --reply-to 'mine': call sets it itself")
     bad_type = cli("declare", "exchange", "--url", rabbitmq_url, queue_name, "--type", "fanotu")
     assert_fails(bad_type, 2, "leveret: ValueError: unknown exchange type 'fanotu'")
 

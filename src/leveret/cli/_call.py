@@ -44,6 +44,10 @@ def register(subparsers: Any) -> None:
 async def _call(args: argparse.Namespace) -> int:
     if args.body is not None and args.file is not None:
         raise UsageError("give either BODY or --file, not both")
+    for option in ("reply_to", "correlation_id"):
+        if getattr(args, option) is not None:
+            flag = "--" + option.replace("_", "-")
+            raise UsageError(f"{flag} {getattr(args, option)!r}: call sets it itself")
     body = _message.file_body(args)
     if body is None:
         body = (args.body or "").encode()

@@ -58,7 +58,8 @@ def register(subparsers: Any) -> None:
         type=_args.int_range(1, 10_000),
         default=100,
         metavar="N",
-        help="messages awaiting their confirm at once (default: %(default)s)",
+        help="messages awaiting their confirm at once (default: %(default)s); "
+        "1 waits for each confirm before sending the next",
     )
     parser.add_argument(
         "--timeout",
