@@ -209,6 +209,7 @@ def test_body_header_carries_send_time_tag_and_sequence() -> None:
         (leveret.ConsumerCancelled("q", "tag"), 15),
         (RuntimeError("bug"), 70),
         (KeyboardInterrupt(), 130),
+        (BrokenPipeError(), 141),
     ],
 )
 def test_exit_code_is_the_most_specific_row(error: BaseException, code: int) -> None:

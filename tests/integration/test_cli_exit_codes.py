@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 from urllib.parse import quote
 
 import pytest
@@ -219,6 +220,31 @@ async def test_130_publish_interrupted_while_reading_stdin(
             await proc.wait()
     assert proc.returncode == 130, err
     assert err == b"leveret: interrupted\n"
+
+
+def test_141_stdout_closed_early_is_quiet(
+    rabbitmq_url: str, queue_name: str, tmp_path: Path
+) -> None:
+    # 2.4 MB of output: more than any pipe buffer holds, so the consumer is still writing
+    # when the reader goes away, as with `leveret consume q | head -1`.
+    body = tmp_path / "body"
+    body.write_bytes(b"x" * 8000)
+    assert cli("declare", "queue", "--url", rabbitmq_url, queue_name).returncode == 0
+    sent = cli("publish", "--url", rabbitmq_url, "-k", queue_name, "--count", "300",
+               "--file", str(body))  # fmt: skip
+    assert sent.returncode == 0
+    with subprocess.Popen(
+        [sys.executable, "-m", "leveret.cli", "consume", "--url", rabbitmq_url, queue_name],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as proc:
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        assert proc.stdout.readline() == b"x" * 8000 + b"\n"
+        proc.stdout.close()
+        err = proc.stderr.read()
+        assert proc.wait(LINE_TIMEOUT) == 141
+    assert err == b""
 
 
 def test_verbose_adds_the_traceback_and_the_refused_method(

@@ -25,6 +25,7 @@ code  exception                                 meaning
   15  ConsumerCancelled                         consume: the broker cancelled the consumer
   70  Exception                                 internal error (a bug; --verbose shows where)
  130  KeyboardInterrupt                         interrupted (Ctrl-C)
+ 141  BrokenPipeError                           stdout closed early (e.g. piped into head)
 
 Codes are stable: a new failure kind gets a new number, never an old one.
 """
@@ -136,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # stdout went away (e.g. `leveret consume q | head`): quietly, as other Unix tools do.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        return 1
+        return _exit.BROKEN_PIPE
     except KeyboardInterrupt:
         print("leveret: interrupted", file=sys.stderr)
         return _exit.INTERRUPTED

@@ -18,6 +18,7 @@ from pamqp.commands import INDEX_MAPPING
 import leveret
 
 __all__ = [
+    "BROKEN_PIPE",
     "EXIT_CODES",
     "INTERNAL_ERROR",
     "INTERRUPTED",
@@ -35,6 +36,7 @@ OK = 0
 USAGE = 2
 INTERNAL_ERROR = 70  # sysexits' EX_SOFTWARE: a bug in leveret, not a broker answer
 INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+BROKEN_PIPE = 141  # 128 + SIGPIPE: what a tool killed by the signal would report
 
 
 class UsageError(Exception):
@@ -77,6 +79,7 @@ EXIT_CODES: tuple[ExitCode, ...] = (
     ExitCode(15, (leveret.ConsumerCancelled,), "consume: the broker cancelled the consumer"),
     ExitCode(70, (Exception,), "internal error (a bug; --verbose shows where)"),
     ExitCode(130, (KeyboardInterrupt,), "interrupted (Ctrl-C)"),
+    ExitCode(141, (BrokenPipeError,), "stdout closed early (e.g. piped into head)"),
 )
 
 _BY_CLASS: dict[type[BaseException], int] = {
