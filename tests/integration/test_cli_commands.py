@@ -294,3 +294,12 @@ async def test_call_sends_body_and_properties_and_prints_the_reply(
     reply = json.loads(result.stdout)
     assert json.loads(reply["body"]) == {"got": {"n": 30}, "tenant": "acme"}
     assert reply["content_type"] == "application/json"
+
+
+# -- demo -------------------------------------------------------------------------------------------
+
+
+def test_demo_against_the_private_broker(rabbitmq_url: str) -> None:
+    out = ok("demo", "--url", rabbitmq_url, "--messages", "40", "--workers", "2")
+    assert "published 40, confirmed 40, consumed 40, duplicates 0" in out
+    assert out.rstrip().endswith("acked exactly once")
