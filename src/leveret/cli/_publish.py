@@ -167,6 +167,11 @@ class _Pipeline:
         self.pending.add(task)
         task.add_done_callback(self._done)
 
+    def cancel(self) -> None:
+        """Stop waiting for confirms (Ctrl-C): a blocked broker could hold them for minutes."""
+        for task in self.pending:
+            task.cancel()
+
     async def drain(self) -> None:
         if self.pending:
             await asyncio.wait(set(self.pending))
@@ -218,6 +223,9 @@ async def _publish(args: argparse.Namespace) -> int:
                 index += 1
                 if pipeline.error is not None:
                     break
+        except BaseException:
+            pipeline.cancel()
+            raise
         finally:
             await pipeline.drain()
             if progress is not None:
