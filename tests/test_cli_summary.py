@@ -286,3 +286,20 @@ def test_progress_into_a_file_writes_whole_lines_and_always_the_last() -> None:
     lines = out.getvalue().splitlines()
     assert "\r" not in out.getvalue()
     assert "3/3 100%" in lines[-1]
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_on_a_terminal_redraws_in_place_and_ends_the_line() -> None:
+    out = _Terminal()
+    progress = Progress(out, 2)
+    progress.advance(2)
+    progress.finish()
+    text = out.getvalue()
+    assert text.startswith("\r[")
+    assert text.endswith("\x1b[K\n")  # the rest of the old line erased, then a newline
+    assert text.count("\n") == 1
+    assert "2/2 100%" in text.rsplit("\r", 1)[-1]
