@@ -348,7 +348,7 @@ async def test_cli_mesh_call_publish_and_describe(
         assert code == 0
         await asyncio.wait_for(got_event.wait(), BOUND)
         code, _, err = await cli("call", f"{service.name}.nope", *mesh_options)
-        assert code == 1
+        assert code == 14  # the CLI's exit code for RemoteError
         assert err.startswith("leveret: RemoteError: LookupError: ")
         await dead_letter(conn, names)  # the unknown method's request
     assert events == [{"n": 1}]
