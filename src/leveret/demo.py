@@ -282,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--nack-rate must be from 0 up to (not including) 1")
 
     def demo(url: str) -> bool:
-        return asyncio.run(run(url, args.messages, args.workers, args.size, args.nack_rate))
+        return leveret.run(run(url, args.messages, args.workers, args.size, args.nack_rate))
 
     try:
         if args.url is not None:

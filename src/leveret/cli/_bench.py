@@ -10,6 +10,7 @@ import signal
 import sys
 from typing import Any
 
+import leveret
 from leveret.cli import _args
 from leveret.cli._load import HEADER_SIZE, BenchOptions, Tracker, run_bench
 
@@ -150,4 +151,4 @@ async def _bench(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    return asyncio.run(_bench(args))
+    return leveret.run(_bench(args))

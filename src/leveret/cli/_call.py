@@ -8,7 +8,6 @@ queue took the request.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from typing import Any
 
@@ -66,4 +65,4 @@ async def _call(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    return asyncio.run(_call(args))
+    return leveret.run(_call(args))

@@ -155,4 +155,4 @@ async def _consume(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    return asyncio.run(_consume(args))
+    return leveret.run(_consume(args))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 from typing import Any
 
@@ -44,14 +43,14 @@ def register(subparsers: Any) -> None:
     call.add_argument("target", metavar="SERVICE.METHOD")
     call.add_argument("params", metavar="JSON", type=_json, nargs="?", default=None)
     call.add_argument("--timeout", type=_args.seconds, default=30.0)
-    call.set_defaults(run=lambda args: asyncio.run(_call(args, args.target, args.params)))
+    call.set_defaults(run=lambda args: leveret.run(_call(args, args.target, args.params)))
 
     publish = verbs.add_parser(
         "publish", parents=[_args.common(), names], help="publish an event ROUTING_KEY JSON"
     )
     publish.add_argument("topic", metavar="ROUTING_KEY")
     publish.add_argument("payload", metavar="JSON", type=_json)
-    publish.set_defaults(run=lambda args: asyncio.run(_publish(args)))
+    publish.set_defaults(run=lambda args: leveret.run(_publish(args)))
 
     describe = verbs.add_parser(
         "describe",
@@ -61,7 +60,7 @@ def register(subparsers: Any) -> None:
     describe.add_argument("service", metavar="SERVICE")
     describe.add_argument("--timeout", type=_args.seconds, default=10.0)
     describe.set_defaults(
-        run=lambda args: asyncio.run(_call(args, f"{args.service}.describe", None))
+        run=lambda args: leveret.run(_call(args, f"{args.service}.describe", None))
     )
 
 

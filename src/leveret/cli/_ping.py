@@ -9,7 +9,6 @@ the client and the broker agreed on.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import time
 from typing import Any
@@ -74,4 +73,4 @@ async def _ping(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    return asyncio.run(_ping(args))
+    return leveret.run(_ping(args))

@@ -237,4 +237,4 @@ async def _publish(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    return asyncio.run(_publish(args))
+    return leveret.run(_publish(args))

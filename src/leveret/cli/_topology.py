@@ -9,7 +9,6 @@ queue does not exist, a redeclare with other arguments exits 9.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -27,7 +26,7 @@ def _runner(operation: Operation) -> Callable[[argparse.Namespace], int]:
             await operation(conn, args)
         return 0
 
-    return lambda args: asyncio.run(main(args))
+    return lambda args: leveret.run(main(args))
 
 
 def _arguments(args: argparse.Namespace) -> dict[str, Any] | None:
