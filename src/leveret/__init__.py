@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from leveret.aio import (
         Backoff,
         Connection,
+        ConnectionStats,
         Consumer,
         Listening,
         Message,
@@ -41,6 +42,7 @@ _ASYNCIO_NAMES = frozenset(
     {
         "Backoff",
         "Connection",
+        "ConnectionStats",
         "Consumer",
         "Listening",
         "Message",
@@ -55,6 +57,7 @@ __all__ = [
     "Backoff",
     "Connection",
     "ConnectionParameters",
+    "ConnectionStats",
     "Consumer",
     "FieldTable",
     "FieldValue",

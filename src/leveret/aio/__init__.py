@@ -7,11 +7,13 @@ from leveret.aio._consumer import Consumer
 from leveret.aio._listening import Listening
 from leveret.aio._message import Message
 from leveret.aio._retry import Retry
+from leveret.aio._stats import ConnectionStats
 from leveret.aio._subscription import Subscription
 
 __all__ = [
     "Backoff",
     "Connection",
+    "ConnectionStats",
     "Consumer",
     "Listening",
     "Message",

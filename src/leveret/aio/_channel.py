@@ -23,6 +23,7 @@ from leveret.protocol import Returned
 
 if TYPE_CHECKING:
     from leveret.aio._consumer import Consumer
+    from leveret.aio._stats import Counters
 
 __all__ = ["ChannelHandle", "Outgoing"]
 
@@ -79,11 +80,13 @@ class ChannelHandle:
         "opened",
         "republish",
         "returns",
+        "stats",
         "waiters",
     )
 
-    def __init__(self, channel_id: int, opened: asyncio.Future[None]) -> None:
+    def __init__(self, channel_id: int, opened: asyncio.Future[None], stats: Counters) -> None:
         self.id = channel_id
+        self.stats = stats  # the connection's counters: confirms and acks count here
         self.opened = opened
         self.gone: asyncio.Future[None] = opened.get_loop().create_future()
         self.closed: BaseException | None = None
@@ -115,6 +118,7 @@ class ChannelHandle:
             tags = (delivery_tag,)
         returned = self._match_returns(tags) if self.returns else None
         pop = confirms.pop
+        confirmed = 0
         for tag in tags:
             record = pop(tag, None)
             if record is None:
@@ -126,13 +130,17 @@ class ChannelHandle:
                 future.set_exception(returned[tag])
             elif ack:
                 future.set_result(None)
+                confirmed += 1
             else:
+                self.stats.nacked += 1
                 future.set_exception(
                     PublishNacked(
                         "the broker refused the message (basic.nack), e.g. a queue with "
                         "x-overflow=reject-publish is full"
                     )
                 )
+        if confirmed:
+            self.stats.confirmed += confirmed
         low = self.confirm_low
         if multiple:
             low = max(low, delivery_tag + 1)

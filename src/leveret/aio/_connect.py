@@ -11,6 +11,7 @@ from typing import Any
 from leveret._url import ConnectionParameters, parse_url
 from leveret.aio._backoff import Backoff
 from leveret.aio._connection import Connection
+from leveret.telemetry import TelemetryOption, check_option, resolve
 
 __all__ = ["connect"]
 
@@ -60,14 +61,26 @@ def _parameters(
 class _Connecting:
     """What `connect()` returns: `await` it, or use it with `async with`."""
 
-    def __init__(self, candidates: list[ConnectionParameters], options: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        candidates: list[ConnectionParameters],
+        options: dict[str, Any],
+        telemetry: TelemetryOption,
+    ) -> None:
         self._candidates = candidates
         self._options = options
+        self._telemetry = telemetry
         self._connection: Connection | None = None
 
     async def _connect(self) -> Connection:
-        connection = Connection(self._candidates, **self._options)
+        first = self._candidates[0]
+        telemetry = resolve(
+            self._telemetry, first.connection_name or first.display(), first.host, first.port
+        )
+        connection = Connection(self._candidates, telemetry=telemetry, **self._options)
         await connection._connect_first()
+        if telemetry is not None:
+            telemetry.observe(connection)
         return connection
 
     def __await__(self) -> Generator[Any, None, Connection]:
@@ -102,6 +115,7 @@ def connect(
     separate_publisher: bool = True,
     max_in_flight: int = 10_000,
     stamp_messages: bool = True,
+    telemetry: TelemetryOption = None,
 ) -> _Connecting:
     """Connect to RabbitMQ: `async with leveret.connect(url) as conn:` or `conn = await connect(url)`.
 
@@ -119,7 +133,9 @@ def connect(
     At most `max_in_flight` publishes await their confirms at once; more wait
     their turn (within their timeout), so memory stays bounded. With
     `stamp_messages`, publishes get a unique `message_id` and a `timestamp`
-    unless they carry their own.
+    unless they carry their own. `telemetry` turns OpenTelemetry spans and
+    metrics on or off (see `leveret.telemetry`; by default on when the
+    program configured an OpenTelemetry SDK). `conn.stats()` counts either way.
     """
     if not isinstance(max_in_flight, int) or isinstance(max_in_flight, bool) or max_in_flight < 1:
         raise ValueError(f"max_in_flight must be a positive int, got {max_in_flight!r}")
@@ -134,6 +150,7 @@ def connect(
         raise ValueError(
             f"publish_timeout must be positive seconds or None, got {publish_timeout!r}"
         )
+    check_option(telemetry)
     if backoff is not None and not isinstance(backoff, Backoff):
         raise TypeError(f"backoff must be a leveret.Backoff, got {type(backoff).__name__}")
     urls: Sequence[str | ConnectionParameters]
@@ -156,4 +173,4 @@ def connect(
         "max_in_flight": max_in_flight,
         "stamp_messages": bool(stamp_messages),
     }
-    return _Connecting(candidates, options)
+    return _Connecting(candidates, options, telemetry)

@@ -41,7 +41,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 from pamqp import commands
 from pamqp.base import Frame as PamqpMethod
@@ -64,6 +64,7 @@ from leveret.aio._listening import Listening
 from leveret.aio._message import Message
 from leveret.aio._retry import Retry
 from leveret.aio._rpc import Handler, RpcClient, RpcServer
+from leveret.aio._stats import ConnectionStats, Counters, snapshot
 from leveret.aio._subscription import (
     ErrorPolicy,
     MessageHandler,
@@ -120,9 +121,13 @@ from leveret.protocol._codec import (
     stamped_properties,
 )
 
+if TYPE_CHECKING:
+    from leveret.telemetry._otel import Instrumentation, PublishOp
+
 __all__ = ["Connection", "ExchangeType", "QueueInfo"]
 
-log = logging.getLogger("leveret")
+log = logging.getLogger("leveret.connection")
+consumer_log = logging.getLogger("leveret.consumer")
 
 ExchangeType = Literal["direct", "fanout", "topic", "headers"] | str
 Body = bytes | bytearray | memoryview | str | Any
@@ -195,6 +200,7 @@ class Connection:
         separate_publisher: bool = True,
         max_in_flight: int = 10_000,
         stamp_messages: bool = True,
+        telemetry: Instrumentation | None = None,
     ) -> None:
         if isinstance(candidates, ConnectionParameters):
             candidates = [candidates]
@@ -205,6 +211,8 @@ class Connection:
         self.publish_timeout = publish_timeout
         self.operation_timeout = operation_timeout
         self.stamp_messages = stamp_messages
+        self._telemetry = telemetry  # None unless OpenTelemetry is on: one check per message
+        self._stats = Counters()
         self._loop = asyncio.get_running_loop()
         self._closed: asyncio.Future[None] = self._loop.create_future()
         self._error: BaseException | None = None  # terminal: the connection is done
@@ -435,16 +443,19 @@ class Connection:
         try:
             events = self._core.receive_data(data)
         except ProtocolError as exc:
-            log.error("leveret: protocol error from %s: %s", self.params.display(), exc)
             self._flush_now()
-            self._link_failed(exc)
+            self._link_failed(exc)  # logs it
             return
         consumers = self._consumers
         channels = self._channels
+        stats = self._stats
         for event in events:
             kind = type(event)
             if kind is Delivery:
                 assert isinstance(event, Delivery)
+                stats.delivered += 1
+                if event.redelivered:
+                    stats.redelivered += 1
                 channel = channels[event.channel_id]
                 if event.consumer_tag is None:
                     self._resolve_waiter(channel, event)
@@ -479,6 +490,7 @@ class Connection:
         elif isinstance(event, CoreChannelClosed):
             self._on_channel_closed(event)
         elif isinstance(event, Returned):
+            self._stats.returned += 1
             channel = self._channels.get(event.channel_id)
             if channel is not None:
                 if channel.on_return is not None:
@@ -488,8 +500,9 @@ class Connection:
         elif isinstance(event, ConsumerCancelled):
             consumer = self._consumers.pop((event.channel_id, event.consumer_tag), None)
             if consumer is not None:
-                log.warning(
-                    "leveret: the broker cancelled consumer %s on queue %r",
+                consumer_log.warning(
+                    "leveret [%s]: the broker cancelled consumer %s on queue %r",
+                    self.name,
                     event.consumer_tag,
                     consumer.queue,
                 )
@@ -497,7 +510,7 @@ class Connection:
                 # leaving the consumer's `async with` closes it.
                 consumer.cancelled_by_server()
         elif isinstance(event, ConnectionOpened):
-            log.debug("leveret: connected to %s", self.params.display())
+            log.debug("leveret [%s]: connected to %s", self.name, self.params.display())
             if not self._opened.done():
                 self._opened.set_result(None)
             self._arm_timer()
@@ -511,14 +524,27 @@ class Connection:
                 )
             )
         elif isinstance(event, ConnectionBlocked):
-            log.warning("leveret: broker blocked publishing: %s", event.reason)
+            # The broker tells every connection; only one that publishes is held by it.
+            log.log(
+                logging.DEBUG if self._separate_publisher else logging.WARNING,
+                "leveret [%s]: the broker blocked publishing: %s",
+                self.name,
+                event.reason,
+            )
             self._unblocked.clear()
         elif isinstance(event, ConnectionUnblocked):
-            log.info("leveret: broker unblocked publishing")
+            log.log(
+                logging.DEBUG if self._separate_publisher else logging.INFO,
+                "leveret [%s]: the broker unblocked publishing",
+                self.name,
+            )
             self._unblocked.set()
         elif isinstance(event, ChannelFlowChanged):
             log.warning(
-                "leveret: channel.flow active=%s on channel %d", event.active, event.channel_id
+                "leveret [%s]: channel.flow active=%s on channel %d",
+                self.name,
+                event.active,
+                event.channel_id,
             )
 
     @staticmethod
@@ -536,7 +562,9 @@ class Connection:
             exc: BaseException = channel_error(
                 event.reply_code, event.reply_text, event.class_id, event.method_id
             )
-            log.debug("leveret: broker closed channel %d: %s", event.channel_id, exc)
+            log.debug(
+                "leveret [%s]: broker closed channel %d: %s", self.name, event.channel_id, exc
+            )
         else:
             exc = ChannelClosed("the channel was closed by the client")
         self._forget_channel(channel)
@@ -566,9 +594,8 @@ class Connection:
             exc = connection_error(
                 event.reply_code, event.reply_text, event.class_id, event.method_id
             )
-        log.warning("leveret: broker closed the connection: %s", exc)
         self._flush_now()  # the close-ok
-        self._link_failed(exc)
+        self._link_failed(exc)  # logs it
 
     def _transport_lost(self, exc: Exception | None, link: int) -> None:
         if link != self._link_id:
@@ -592,9 +619,13 @@ class Connection:
             and isinstance(exc, _RECOVERABLE)
         )
         self._teardown_link(exc, recovering=recover or self._reconnecting)
+        # Each loss is logged here, once: during a reconnect attempt the attempt loop logs it.
         if recover:
             log.warning(
-                "leveret: lost the connection to %s (%s); reconnecting", self.params.display(), exc
+                "leveret [%s]: lost the connection to %s (%s); reconnecting",
+                self.name,
+                self.params.display(),
+                exc,
             )
             self._connected.clear()
             self._reconnecting = True
@@ -604,6 +635,12 @@ class Connection:
             # The user asked for the close; how the last link ended does not matter.
             self._finish(ConnectionClosedByClient("the connection was closed by the client"))
         elif not self._reconnecting and self._connected.is_set():
+            log.error(
+                "leveret [%s]: lost the connection to %s for good: %s",
+                self.name,
+                self.params.display(),
+                exc,
+            )
             self._finish(exc)
 
     def _teardown_link(self, exc: BaseException, recovering: bool = False) -> None:
@@ -696,7 +733,8 @@ class Connection:
                     except (LeveretError, OSError, TimeoutError) as exc:
                         last = exc
                         log.info(
-                            "leveret: reconnect attempt %d to %s failed: %s",
+                            "leveret [%s]: reconnect attempt %d to %s failed: %s",
+                            self.name,
                             attempts,
                             params.display(),
                             exc,
@@ -705,8 +743,10 @@ class Connection:
                         continue
                     self._reconnecting = False
                     self._connected.set()
+                    self._stats.reconnects += 1
                     log.warning(
-                        "leveret: reconnected to %s after %.1fs (%d attempts)",
+                        "leveret [%s]: reconnected to %s after %.1fs (%d attempts)",
+                        self.name,
                         params.display(),
                         self._loop.time() - started,
                         attempts,
@@ -714,6 +754,12 @@ class Connection:
                     self._notify("reconnected", None)
                     return
             self._reconnecting = False
+            log.error(
+                "leveret [%s]: gave up reconnecting after %d attempts; last error: %s",
+                self.name,
+                attempts,
+                last,
+            )
             self._finish(
                 ConnectionLost(
                     f"gave up reconnecting after {attempts} attempts; last error: {last}"
@@ -722,7 +768,7 @@ class Connection:
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # a bug: never leave callers waiting on it
-            log.exception("leveret: reconnection failed")
+            log.exception("leveret [%s]: reconnection failed", self.name)
             self._reconnecting = False
             self._finish(exc)
 
@@ -770,7 +816,12 @@ class Connection:
             try:
                 await self._start_consumer(consumer, recovering=True)
             except ChannelClosedByServer as exc:
-                log.error("leveret: could not restart the consumer on %r: %s", consumer.queue, exc)
+                consumer_log.error(
+                    "leveret [%s]: could not restart the consumer on %r: %s",
+                    self.name,
+                    consumer.queue,
+                    exc,
+                )
                 consumer.channel_failed(exc)
         if self._recovery_gate is not None and self._republish:
             # A publisher connection re-sends only once the main connection has
@@ -803,14 +854,18 @@ class Connection:
                 # The broker has not yet noticed the old connection died and still
                 # holds its exclusive queue: wait for its clean-up, then try again.
                 if delay == 0.1:
-                    log.info("leveret: %s is still locked by the old connection; retrying", what)
+                    log.info(
+                        "leveret [%s]: %s is still locked by the old connection; retrying",
+                        self.name,
+                        what,
+                    )
                 if self._loop.time() + delay > deadline:
-                    log.error("leveret: could not recover %s: %s", what, exc)
+                    log.error("leveret [%s]: could not recover %s: %s", self.name, what, exc)
                     return None
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
             except ChannelClosedByServer as exc:
-                log.error("leveret: could not recover %s: %s", what, exc)
+                log.error("leveret [%s]: could not recover %s: %s", self.name, what, exc)
                 return None
 
     def _notify(self, state: str, error: BaseException | None) -> None:
@@ -818,7 +873,7 @@ class Connection:
             try:
                 listener(state, error)
             except Exception:
-                log.exception("leveret: a connection state listener raised")
+                log.exception("leveret [%s]: a connection state listener raised", self.name)
 
     def add_listener(self, listener: Callable[[str, BaseException | None], None]) -> None:
         """Call `listener(state, error)` on "disconnected", "reconnected" and "closed"."""
@@ -879,6 +934,23 @@ class Connection:
         return self._core.server_properties
 
     @property
+    def name(self) -> str:
+        """The `name=` given to connect (shown by the broker), else host:port/vhost; logs use it."""
+        return self.params.connection_name or self.params.display()
+
+    def stats(self) -> ConnectionStats:
+        """Counters of what this connection did so far (publishing connection included).
+
+        Cheap: a handful of ints copied, whether or not OpenTelemetry is on.
+        """
+        publisher = self._publisher
+        return snapshot(
+            self._stats,
+            publisher._stats if publisher is not None else None,
+            self._in_flight + (publisher._in_flight if publisher is not None else 0),
+        )
+
+    @property
     def heartbeat(self) -> int:
         """The negotiated heartbeat interval in seconds (0: disabled)."""
         return self._core.heartbeat
@@ -926,7 +998,7 @@ class Connection:
         elif self._link_error is not None:
             raise self._link_error.with_traceback(None)
         channel_id = self._core.open_channel()
-        channel = ChannelHandle(channel_id, self._loop.create_future())
+        channel = ChannelHandle(channel_id, self._loop.create_future(), self._stats)
         self._channels[channel_id] = channel
         self._schedule_flush()
         await channel.opened
@@ -985,7 +1057,9 @@ class Connection:
         try:
             await asyncio.wait_for(asyncio.shield(channel.gone), self.close_timeout)
         except TimeoutError:
-            log.warning("leveret: no channel.close-ok within %ss", self.close_timeout)
+            log.warning(
+                "leveret [%s]: no channel.close-ok within %ss", self.name, self.close_timeout
+            )
 
     # -- topology ---------------------------------------------------------------------------------
 
@@ -1219,6 +1293,9 @@ class Connection:
         """
         exchange_bytes = self._encoded_name(exchange, "exchange name")
         routing_key_bytes = self._encoded_name(routing_key, "routing key")
+        traced = None
+        if self._telemetry is not None:
+            body, properties, traced = self._traced_message(exchange, routing_key, body, properties)
         body, properties_bytes = self._message_bytes(body, properties, persistent)
         if timeout is None:
             timeout = self.publish_timeout
@@ -1231,14 +1308,15 @@ class Connection:
             target = self._publisher or await self._open_publisher()
         channel = target._publish_channels.get(exchange)
         if (
-            channel is None
+            traced is not None  # telemetry: its span wraps the whole publish
+            or channel is None
             or target._link_error is not None
             or target._write_paused
             or not target._unblocked.is_set()
             or target._closing
             or target._in_flight >= target.max_in_flight
         ):
-            await target._publish_encoded(
+            sending = target._publish_encoded(
                 exchange,
                 exchange_bytes,
                 routing_key,
@@ -1248,6 +1326,10 @@ class Connection:
                 mandatory,
                 timeout,
             )
+            if traced is None:
+                await sending
+            else:
+                await self._telemetry.finish_publish(traced, sending)  # type: ignore[union-attr]
             return
         # The fast path, inline (a coroutine less per publish): nothing to wait for.
         future: asyncio.Future[None] = target._loop.create_future()
@@ -1265,12 +1347,28 @@ class Connection:
         if timeout is not None:
             target._deadlines.watch(record, target._loop.time() + timeout)
         target._in_flight += 1
+        target._stats.published += 1
         try:
             await future
         finally:
             target._in_flight -= 1
             if target._window_waiters:
                 target._wake_window_waiter()
+
+    def _traced_message(
+        self, exchange: str, routing_key: str, body: Body, properties: Properties | None
+    ) -> tuple[Body, Properties | None, PublishOp | None]:
+        """Telemetry on: a PRODUCER span, and properties carrying its trace context."""
+        if properties is not None and not isinstance(properties, Properties):
+            return body, properties, None  # _message_bytes raises the TypeError
+        content_type = None
+        if type(body) is not bytes:
+            body, content_type = encode_body(body)
+        assert self._telemetry is not None
+        properties, traced = self._telemetry.start_publish(
+            exchange, routing_key, properties, self._filled_in(properties, content_type), len(body)
+        )
+        return body, properties, traced
 
     def _message_bytes(
         self, body: Body, properties: Properties | None, persistent: bool
@@ -1312,6 +1410,8 @@ class Connection:
         reconnect, a blocked broker, a full window): the caller then awaits
         `publish()`. Raises what `publish()` raises before sending.
         """
+        if self._telemetry is not None:
+            return None  # publish() wraps the send in its span
         exchange_bytes = self._encoded_name(exchange, "exchange name")
         routing_key_bytes = self._encoded_name(routing_key, "routing key")
         body, properties_bytes = self._message_bytes(body, properties, persistent)
@@ -1349,6 +1449,7 @@ class Connection:
         if timeout is not None:
             target._deadlines.watch(record, target._loop.time() + timeout)
         target._in_flight += 1
+        target._stats.published += 1
         future.add_done_callback(target._publish_settled)
         return future
 
@@ -1416,6 +1517,7 @@ class Connection:
         if deadline is not None:
             self._deadlines.watch(record, deadline)
         self._in_flight += 1
+        self._stats.published += 1
         try:
             await future
         finally:
@@ -1470,6 +1572,7 @@ class Connection:
             separate_publisher=False,
             max_in_flight=self.max_in_flight,
             stamp_messages=self.stamp_messages,
+            telemetry=self._telemetry,
         )
         publisher._recovery_gate = self._connected
         publisher.add_listener(lambda state, error: self._notify(f"publisher {state}", error))
@@ -1812,6 +1915,17 @@ class Connection:
             body, content_type = encode_body(body)
         if self._rpc_client is None:
             self._rpc_client = RpcClient(self)
+        if self._telemetry is not None:  # a CLIENT span; its context goes in a copy of properties
+            return await self._telemetry.call(
+                self._rpc_client.call,
+                routing_key,
+                body,
+                exchange=exchange,
+                timeout=timeout,
+                properties=properties,
+                expiration=expire_unanswered,
+                content_type=content_type,
+            )
         return await self._rpc_client.call(
             routing_key,
             body,
@@ -1899,7 +2013,9 @@ class Connection:
                         await asyncio.shield(self._closed)
             except TimeoutError:
                 log.warning(
-                    "leveret: no close-ok within %ss; aborting the socket", self.close_timeout
+                    "leveret [%s]: no close-ok within %ss; aborting the socket",
+                    self.name,
+                    self.close_timeout,
                 )
         self._finish(closed_by_client)
         if transport is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import Callable
 from types import TracebackType
@@ -15,8 +16,11 @@ from leveret.protocol import Delivery
 if TYPE_CHECKING:
     from leveret.aio._channel import ChannelHandle
     from leveret.aio._connection import Connection
+    from leveret.telemetry._otel import ProcessOp
 
 __all__ = ["Consumer"]
+
+log = logging.getLogger("leveret.consumer")
 
 
 class Consumer:
@@ -61,6 +65,9 @@ class Consumer:
         self._next_offset: int | None = None
         # A Subscription takes deliveries as they arrive, without waking a task first.
         self.on_arrival: Callable[[], None] | None = None
+        # OpenTelemetry: a message handed out is "processed" until the next one is asked for.
+        self._telemetry = connection._telemetry
+        self._processing: ProcessOp | None = None
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -102,6 +109,8 @@ class Consumer:
         self._connection._forget_consumer(self)
         self._buffer.clear()
         self._wake()
+        if self._processing is not None:
+            self._end_processing()
         if self._starting is not None and not self._starting.done():
             try:
                 await self._starting
@@ -160,12 +169,38 @@ class Consumer:
         return self._error
 
     async def __anext__(self) -> Message:
+        if self._telemetry is not None:
+            return await self._next_traced()
         buffer = self._buffer
         if buffer:
             message = buffer.popleft()
             if self._tracks_offset:
                 self._note_offset(message)
             return message
+        return await self._next_waiting()
+
+    async def _next_traced(self) -> Message:
+        """__anext__ with a CONSUMER span per message, current in the iterating task."""
+        assert self._telemetry is not None
+        if self._processing is not None:
+            self._end_processing()
+        buffer = self._buffer
+        if buffer:
+            message = buffer.popleft()
+            if self._tracks_offset:
+                self._note_offset(message)
+        else:
+            message = await self._next_waiting()
+        self._processing = self._telemetry.start_process(message, self.queue, attach=True)
+        return message
+
+    def _end_processing(self) -> None:
+        op, self._processing = self._processing, None
+        if op is not None and self._telemetry is not None:
+            self._telemetry.end_process(op)
+
+    async def _next_waiting(self) -> Message:
+        buffer = self._buffer
         if self._channel is None and not self._closed:
             await self.start()
         while True:
@@ -218,7 +253,7 @@ class Consumer:
 
     def channel_failed(self, exc: BaseException) -> None:
         # Deliveries not yet handed out are stale: the broker requeues them.
-        self._buffer.clear()
+        self._drop_buffered(exc)
         self._channel = None
         if self._error is None:
             self._error = exc
@@ -232,8 +267,25 @@ class Consumer:
         them again, flagged redelivered); messages already handed out answer
         False to ack(). Iteration simply carries on after recovery.
         """
-        self._buffer.clear()
+        self._drop_buffered(None)
         self._channel = None
+
+    def _drop_buffered(self, why: BaseException | None) -> None:
+        """Throw away deliveries of a dead channel: counted, and logged once per channel loss."""
+        dropped = len(self._buffer)
+        if not dropped:
+            return
+        self._buffer.clear()
+        self._connection._stats.dropped += dropped
+        log.info(
+            "leveret [%s]: dropped %d buffered deliveries of consumer %s on queue %r: their "
+            "channel %s (the broker redelivers them)",
+            self._connection.name,
+            dropped,
+            self.consumer_tag,
+            self.queue,
+            f"closed: {why}" if why is not None else "went with the lost connection",
+        )
 
     @property
     def active(self) -> bool:

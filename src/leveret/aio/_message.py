@@ -99,6 +99,7 @@ class Message:
             return False
         self._settled = True
         if self._core.ack(self._channel.id, self._delivery.delivery_tag):
+            self._channel.stats.acked += 1
             self._flush()
             return True
         return False
@@ -117,7 +118,10 @@ class Message:
         core = self._core
         core.publish(channel_id, b"\x00", routing_key, body, properties)  # may refuse: ValueError
         self._settled = True
+        stats = self._channel.stats
+        stats.published += 1
         if core.ack(channel_id, self._delivery.delivery_tag):
+            stats.acked += 1
             self._flush()
             return True
         return False
@@ -128,6 +132,7 @@ class Message:
             return False
         self._settled = True
         if self._core.nack(self._channel.id, self._delivery.delivery_tag, requeue=requeue):
+            self._channel.stats.rejected += 1
             self._flush()
             return True
         return False
@@ -138,6 +143,7 @@ class Message:
             return False
         self._settled = True
         if self._core.reject(self._channel.id, self._delivery.delivery_tag, requeue=requeue):
+            self._channel.stats.rejected += 1
             self._flush()
             return True
         return False

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ATTEMPT_HEADER", "ERROR_HEADER", "Retry", "retry_attempt"]
 
-log = logging.getLogger("leveret")
+log = logging.getLogger("leveret.retry")
 
 ATTEMPT_HEADER = "x-leveret-attempt"
 ERROR_HEADER = "x-leveret-error"

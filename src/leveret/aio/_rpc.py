@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Handler", "RpcClient", "RpcServer"]
 
-log = logging.getLogger("leveret")
+log = logging.getLogger("leveret.rpc")
 
 REPLY_QUEUE = "amq.rabbitmq.reply-to"
 ERROR_TYPE_HEADER = "x-leveret-error-type"
@@ -197,6 +197,7 @@ class RpcClient:
             connection._core.publish(
                 channel.id, exchange_bytes, routing_key_bytes, body, properties_bytes, True
             )
+            connection._stats.published += 1
             connection._schedule_flush()
             message = await reply
         finally:
@@ -349,8 +350,10 @@ class RpcServer:
             if self._include_traceback:  # off by default: tracebacks leak internals
                 headers[ERROR_TRACEBACK_HEADER] = "".join(traceback.format_exception(exc))
         connection = self._connection
+        telemetry = connection._telemetry
+        traced = None
         try:
-            if headers is None and correlation_id:
+            if headers is None and correlation_id and telemetry is None:
                 stamped = connection.stamp_messages
                 properties_bytes = rpc_properties(
                     content_type,
@@ -365,15 +368,23 @@ class RpcServer:
                     correlation_id=correlation_id, content_type=content_type, headers=headers
                 )
                 changes = connection._filled_in(reply_props, None)
-                if changes:
+                if telemetry is not None:  # a PRODUCER span for the reply, child of the request's
+                    reply_props, traced = telemetry.start_publish(
+                        "", props.reply_to, reply_props, changes, len(body)
+                    )
+                elif changes:
                     reply_props = reply_props.replace(**changes)
                 properties_bytes = encode_properties(reply_props)
             sent = request.reply_and_ack(
                 encode_shortstr(props.reply_to, "reply_to"), body, properties_bytes
             )
         except ValueError as exc:
+            if telemetry is not None and traced is not None:
+                telemetry.end_publish(traced, exc)
             log.warning("leveret: could not publish the RPC reply to %r: %s", props.reply_to, exc)
             request.nack(requeue=not request.redelivered)
             return
+        if telemetry is not None and traced is not None:
+            telemetry.end_publish(traced, None)
         if not sent:
             log.debug("leveret: the RPC request channel closed before the reply; redelivered")

@@ -36,7 +36,7 @@ __all__ = [
     "check_subscription_options",
 ]
 
-log = logging.getLogger("leveret")
+log = logging.getLogger("leveret.consumer")
 
 MessageHandler = Callable[[Message], Awaitable[Any]]
 ErrorPolicy = Literal["requeue_once", "reject", "requeue"]
@@ -81,6 +81,9 @@ class Subscription:
         self._closed = False
         self.handled = 0  # messages whose handler returned
         self.failed = 0  # messages whose handler raised
+        # Spans wrap the handler here rather than the consumer's hand-out.
+        self._telemetry = connection._telemetry
+        consumer._telemetry = None
 
     @property
     def queue(self) -> str:
@@ -197,7 +200,10 @@ class Subscription:
 
     async def _handle(self, message: Message) -> None:
         try:
-            await self._handler(message)
+            if self._telemetry is None:
+                await self._handler(message)
+            else:
+                await self._telemetry.process(message, self._consumer.queue, self._handler)
         except asyncio.CancelledError:
             raise  # closing: the message is requeued with the channel
         except Exception as exc:  # noqa: BLE001 - the policy below decides; never lost

@@ -22,6 +22,7 @@ from leveret._url import ConnectionParameters
 from leveret.aio import Backoff, QueueInfo, Retry
 from leveret.aio._connect import DEFAULT_URL
 from leveret.aio._connection import ExchangeType
+from leveret.aio._stats import ConnectionStats
 from leveret.aio._subscription import ErrorPolicy
 from leveret.blocking._consumer import Consumer, Message
 from leveret.blocking._listening import Listening
@@ -29,10 +30,11 @@ from leveret.blocking._portal import Portal, register_at_exit, unregister_at_exi
 from leveret.blocking._rpc import Handler, Server
 from leveret.blocking._subscription import MessageHandler, Subscription
 from leveret.exceptions import ConnectionClosed, ConnectionClosedByClient
+from leveret.telemetry import TelemetryOption
 
 __all__ = ["Body", "Connection", "connect"]
 
-log = logging.getLogger("leveret")
+log = logging.getLogger("leveret.blocking")
 
 T = TypeVar("T")
 Body = bytes | bytearray | memoryview | str | Any
@@ -60,6 +62,7 @@ def connect(
     separate_publisher: bool = True,
     max_in_flight: int = 10_000,
     stamp_messages: bool = True,
+    telemetry: TelemetryOption = None,
 ) -> Connection:
     """Connect to RabbitMQ: `with leveret.blocking.connect(url) as conn:` (or `conn = connect(url)`
     and later `conn.close()`).
@@ -83,6 +86,7 @@ def connect(
         separate_publisher=separate_publisher,
         max_in_flight=max_in_flight,
         stamp_messages=stamp_messages,
+        telemetry=telemetry,
     )
     portal = Portal(f"leveret-io-{next(_thread_numbers)}")
     try:
@@ -156,6 +160,18 @@ class Connection:
     def params(self) -> ConnectionParameters:
         """The parameters of the URL currently connected to."""
         return self._connection.params
+
+    @property
+    def name(self) -> str:
+        """The `name=` given to connect, else host:port/vhost (as in the logs)."""
+        return self._connection.name
+
+    def stats(self) -> ConnectionStats:
+        """Counters of what the connection did so far (see `leveret.ConnectionStats`).
+
+        Read without a trip through the I/O thread: the counters are plain ints.
+        """
+        return self._connection.stats()
 
     def wait_connected(self, timeout: float | None = None) -> None:
         """Return once connected (at once if already); raises if the connection is over."""
@@ -396,6 +412,11 @@ class Connection:
             "timeout": timeout,
         }
         connection = self._connection
+        if connection._telemetry is not None:
+            # A task started from this thread runs in a copy of its context: the
+            # current span (e.g. a handler's) becomes the publish span's parent.
+            self._call(connection.publish(body, **options), "publish()")
+            return
         self._portal.wait(
             self._portal.start(
                 lambda: connection._start_publish(body, **options),

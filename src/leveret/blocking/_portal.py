@@ -28,7 +28,7 @@ from leveret.exceptions import ConnectionClosedByClient
 
 __all__ = ["Portal"]
 
-log = logging.getLogger("leveret")
+log = logging.getLogger("leveret.blocking")
 
 T = TypeVar("T")
 _MAIN_SLICE = 0.05  # seconds between looks at pending signals while the main thread waits
