@@ -285,14 +285,3 @@ async def test_telemetry_is_off_unless_an_sdk_is_configured(
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "['publish amq.default']"
-
-
-def test_importing_leveret_imports_no_opentelemetry() -> None:
-    script = (
-        "import sys, leveret, leveret.aio, leveret.blocking, leveret.telemetry\n"
-        "print(sorted(m for m in sys.modules if m.startswith('opentelemetry')))"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
-    )
-    assert result.stdout.strip() == "[]"
