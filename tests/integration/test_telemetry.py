@@ -26,6 +26,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 import leveret
+import leveret.blocking
 from leveret.telemetry import Telemetry
 
 pytestmark = pytest.mark.integration
@@ -285,3 +286,30 @@ async def test_telemetry_is_off_unless_an_sdk_is_configured(
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "['publish amq.default']"
+
+
+def test_blocking_handlers_run_inside_their_message_span(
+    rabbitmq_url: str, queue_name: str, recorded: Recorded
+) -> None:
+    """A handler runs in a worker thread: the span reaches it, so its publishes join the trace."""
+    first, second = f"{queue_name}.first", f"{queue_name}.second"
+    with leveret.blocking.connect(rabbitmq_url, telemetry=recorded.telemetry) as conn:
+        conn.declare_queue(first, exclusive=True)
+        conn.declare_queue(second, exclusive=True)
+
+        def forward(msg: leveret.blocking.Message) -> None:
+            conn.publish(msg.body, routing_key=second)
+
+        with conn.subscribe(first, forward):
+            conn.publish(b"hop", routing_key=first)
+            with conn.consume(second) as messages:
+                for message in messages.iter(timeout=10.0):
+                    assert message.ack() is True
+                    break
+
+    process = recorded.span(f"process {first}")
+    publishes = [s for s in recorded.finished() if s.name == "publish amq.default"]
+    [forwarded] = [s for s in publishes if s.parent is not None]
+    assert forwarded.parent is not None
+    assert forwarded.parent.span_id == process.context.span_id
+    assert recorded.span(f"process {second}").context.trace_id == process.context.trace_id

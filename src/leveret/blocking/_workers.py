@@ -10,6 +10,7 @@ from exiting.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import queue
 import threading
 import time
@@ -21,7 +22,7 @@ from leveret.blocking._portal import Portal
 __all__ = ["Workers"]
 
 T = TypeVar("T")
-_Job = tuple[Callable[[], Any], "asyncio.Future[Any]"]
+_Job = tuple[Callable[[Callable[[], Any]], Any], Callable[[], Any], "asyncio.Future[Any]"]
 
 
 def _resolve(future: asyncio.Future[Any], result: object, error: Exception | None) -> None:
@@ -47,24 +48,28 @@ class Workers:
             thread.start()
 
     def run(self, function: Callable[[], T]) -> asyncio.Future[T]:
-        """In the I/O thread: queue one call; the returned future gets its outcome."""
+        """In the I/O thread: queue one call; the returned future gets its outcome.
+
+        The call runs in a copy of the caller's context (as `asyncio.to_thread`
+        does), so context variables such as the current trace span reach it.
+        """
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._jobs.put((function, future))
+        self._jobs.put((contextvars.copy_context().run, function, future))
         return future
 
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
-            function, future = job
+            run_in_context, function, future = job
             result: object = None
             error: Exception | None = None
             try:
-                result = function()
+                result = run_in_context(function)
             except Exception as exc:  # noqa: BLE001 - handed to whoever awaits the future
                 error = exc
             except BaseException as exc:  # noqa: BLE001 - e.g. SystemExit in a handler
                 error = RuntimeError(f"the handler raised {exc!r}")
             self._portal.call_soon_threadsafe(_resolve, future, result, error)
-            del job, function, future, result, error  # hold no message while idle
+            del job, run_in_context, function, future, result, error  # hold nothing while idle
 
     def stop(self, timeout: float) -> None:
         """Let each worker finish its current call, then end; wait up to `timeout` for that."""
