@@ -147,7 +147,7 @@ async def test_a_late_reply_after_a_timeout_is_dropped_and_the_next_call_works(
             return any(
                 DROPPED in record.getMessage() and correlation_id in record.getMessage()
                 for record in caplog.records
-                if record.name == "leveret" and record.levelno == logging.DEBUG
+                if record.name == "leveret.rpc" and record.levelno == logging.DEBUG
             )
 
         await until(dropped, "the late reply was logged as dropped")
