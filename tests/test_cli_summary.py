@@ -3,9 +3,12 @@ the summary, the loss accounting), the exit-code table and the progress bar."""
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import io
 import json
+import re
+import shlex
 import struct
 from pathlib import Path
 
@@ -15,6 +18,7 @@ from hypothesis import strategies as st
 
 import leveret
 import leveret.cli
+import leveret.demo
 from leveret import exceptions
 from leveret.cli._exit import EXIT_CODES, UsageError, exit_code, one_line, render_table, report
 from leveret.cli._load import HEADER_SIZE, Tracker
@@ -225,18 +229,67 @@ def test_every_leveret_exception_has_a_broker_code_not_internal_or_usage() -> No
         assert code not in (0, 2, 70, 130), cls
 
 
-def test_codes_are_unique_and_documented_in_help_docstring_and_readme() -> None:
+ROOT = Path(__file__).parents[1]
+CLI_PAGE = ROOT / "docs" / "cli.md"
+
+
+def test_codes_are_unique_and_documented_in_help_and_docstring() -> None:
     codes = [row.code for row in EXIT_CODES]
     assert len(codes) == len(set(codes))
     table = render_table()
     assert table in (leveret.cli.__doc__ or "")
     assert table in leveret.cli.build_parser().format_help()
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+
+
+@pytest.mark.parametrize("page", [ROOT / "README.md", CLI_PAGE], ids=lambda p: p.name)
+def test_markdown_copies_of_the_exit_codes_have_every_row_and_no_other(page: Path) -> None:
+    """README.md and docs/cli.md keep the table by hand, in Markdown: one row per code, each
+    naming the row's classes; a code removed from EXIT_CODES must leave them too."""
+    rows = {int(m[1]): line for line in page.read_text().splitlines() if (m := _ROW.match(line))}
+    assert sorted(rows) == sorted(row.code for row in EXIT_CODES), page.name
     for row in EXIT_CODES:
-        line = next((x for x in readme.splitlines() if x.startswith(f"| {row.code} |")), None)
-        assert line is not None, f"README has no row for exit code {row.code}"
         for cls in row.classes:
-            assert f"`{cls.__name__}`" in line, (row.code, cls)
+            assert f"`{cls.__name__}`" in rows[row.code], (page.name, row.code, cls)
+
+
+_ROW = re.compile(r"^\| (\d+) \|")
+_SHELL = re.compile(r"^```(?:console|sh|bash)\b")
+
+
+def _cli_page_commands() -> list[str]:
+    """The `leveret ...` commands in docs/cli.md's shell blocks (a `$ ` prompt stripped,
+    also after a pipe), without the word `leveret`."""
+    commands: list[str] = []
+    in_shell = False
+    for line in CLI_PAGE.read_text().splitlines():
+        if line.startswith("```"):
+            in_shell = not in_shell and bool(_SHELL.match(line))
+            continue
+        if not in_shell:
+            continue
+        for part in line.removeprefix("$ ").split(" | "):
+            if part.startswith("leveret "):
+                commands.append(part.removeprefix("leveret "))
+    return commands
+
+
+def test_the_cli_page_shows_commands() -> None:
+    assert len(_cli_page_commands()) >= 20
+
+
+@pytest.mark.parametrize("command", _cli_page_commands())
+def test_every_command_on_the_cli_page_parses(command: str) -> None:
+    """The docs test runs the page's Python, not its shell lines: at least they must parse."""
+    words = shlex.split(command)
+    parser = leveret.cli.build_parser()
+    if words[0] == "demo":  # `leveret demo` hands its arguments to the demo's own parser
+        parser, words = leveret.demo._parser(), words[1:]
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr):
+            parser.parse_args(words)
+    except SystemExit as exc:
+        pytest.fail(f"leveret {command}: exit {exc.code}\n{stderr.getvalue()}")
 
 
 def test_one_line_flattens_multiline_messages() -> None:
