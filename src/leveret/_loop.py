@@ -55,5 +55,10 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 def run(main: Coroutine[Any, Any, T], *, debug: bool | None = None) -> T:
     """`asyncio.run(main)` on the loop `new_event_loop` picks."""
-    with asyncio.Runner(debug=debug, loop_factory=_factory()) as runner:
+    try:
+        factory = _factory()
+    except BaseException:
+        main.close()  # never started: no "never awaited" warning on top of the error
+        raise
+    with asyncio.Runner(debug=debug, loop_factory=factory) as runner:
         return runner.run(main)

@@ -33,6 +33,10 @@ def test_leveret_run_uses_uvloop_when_installed_and_the_environment_can_say_othe
     monkeypatch.setenv("LEVERET_EVENT_LOOP", "tokio")
     with pytest.raises(ValueError, match="'tokio'"):
         event_loop_name()
+    never_started = loop_class()
+    with pytest.raises(ValueError, match="'tokio'"):
+        leveret.run(never_started)  # closed, so no "never awaited" warning (an error here)
+    assert never_started.cr_frame is None
 
 
 def test_publish_consume_rpc_and_recovery_on_uvloop(rabbitmq_url: str, queue_name: str) -> None:
