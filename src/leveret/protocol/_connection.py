@@ -124,9 +124,12 @@ class _Channel:
         "content",
         "flow_active",
         "id",
+        "last_ack",
         "publish_seq",
         "replies",
         "server_closed",
+        "settled_above",
+        "settled_upto",
         "state",
     )
 
@@ -142,6 +145,37 @@ class _Channel:
         self.content: Delivery | Returned | None = None
         self.body_remaining = -1  # -1: waiting for the content header
         self.body_chunks: list[bytes] = []
+        # Ack coalescing: every delivery tag up to `settled_upto` is settled; tags settled
+        # above a gap wait in `settled_above` (None: gave up tracking, no more coalescing).
+        self.settled_upto = 0
+        self.settled_above: set[int] | None = set()
+        self.last_ack: bytes | None = None  # the queued ack frame a next ack may extend
+
+
+_SETTLED_ABOVE_LIMIT = 10_000
+
+
+def _note_settled(channel: _Channel, tag: int, multiple: int | bool) -> None:
+    """Track which delivery tags are settled, so that acks may coalesce without skipping one."""
+    above = channel.settled_above
+    if above is None:
+        return
+    if multiple:
+        if tag > channel.settled_upto:
+            channel.settled_upto = tag
+            above.difference_update([t for t in above if t <= tag])
+    elif tag == channel.settled_upto + 1:
+        channel.settled_upto = tag
+    elif tag > channel.settled_upto:
+        above.add(tag)
+        if len(above) > _SETTLED_ABOVE_LIMIT:
+            # One message held forever while thousands after it are acked: stop tracking
+            # (and coalescing) on this channel rather than grow without bound.
+            channel.settled_above = None
+            return
+    while above and channel.settled_upto + 1 in above:
+        channel.settled_upto += 1
+        above.discard(channel.settled_upto)
 
 
 class AMQPConnection:
@@ -782,7 +816,25 @@ class AMQPConnection:
             or self.state is not ConnectionState.OPEN
         ):
             return False  # a delivery tag from a dead channel must never reach a new one
-        self._out.append(_codec.ack_frame(channel_id, method, delivery_tag, bits))
+        out = self._out
+        if (
+            method == _codec.BASIC_ACK
+            and not bits
+            and delivery_tag == channel.settled_upto + 1
+            and channel.settled_above is not None
+            and out
+            and out[-1] is channel.last_ack
+        ):
+            # The ack before this one is still the last thing queued, and every tag below
+            # is settled: one `multiple` ack up to this tag says the same in one frame.
+            frame = _codec.ack_frame(channel_id, method, delivery_tag, 1)
+            out[-1] = frame
+        else:
+            frame = _codec.ack_frame(channel_id, method, delivery_tag, bits)
+            out.append(frame)
+        _note_settled(channel, delivery_tag, multiple=method != _codec.BASIC_REJECT and bits & 1)
+        coalescable = method == _codec.BASIC_ACK and channel.settled_upto == delivery_tag
+        channel.last_ack = frame if coalescable else None
         return True
 
     def close(self, reply_code: int = 200, reply_text: str = "Normal shutdown") -> None:
