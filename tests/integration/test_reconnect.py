@@ -43,6 +43,41 @@ async def test_pipeline_survives_repeated_forced_closes(
     assert state.events["publisher:reconnected"] == 3
 
 
+async def test_pipeline_survives_close_connection_of_one_side_at_a_time(
+    rabbitmq: RabbitMQNode, rabbitmq_url: str, queue_name: str
+) -> None:
+    """`rabbitmqctl close_connection` on the consumer's connection, then on the publishing
+    connection, twice each: the other side never notices, nothing confirmed is lost."""
+
+    def close(connection_name: str, reason: str) -> None:
+        # The table output has pids as close_connection takes them (the JSON one does not).
+        rows = rabbitmq.ctl(
+            "list_connections", "pid", "client_properties", "-q", "--no-table-headers"
+        )
+        marker = f'{{"connection_name","{connection_name}"}}'
+        [pid] = [line.split("\t")[0] for line in rows.splitlines() if marker in line]
+        rabbitmq.ctl("close_connection", pid, reason)
+
+    async def fault(state: Pipeline) -> None:
+        await until(lambda: len(state.received) > state.total // 20)
+        for round_ in range(2):
+            await asyncio.to_thread(close, "pipeline-consumer", f"consumer fault {round_}")
+            await until(lambda r=round_: state.events["consumer:reconnected"] > r)
+        for round_ in range(2):
+            await asyncio.to_thread(
+                close, "pipeline-publisher (publisher)", f"publisher fault {round_}"
+            )
+            await until(lambda r=round_: state.events["publisher:publisher reconnected"] > r)
+
+    state = await run_pipeline(rabbitmq_url, queue_name, 20_000, fault, timeout=120)
+    print("\n" + state.report("close_connection: consumer x2, publisher x2"))
+    state.check(faults=4)
+    assert state.events["consumer:reconnected"] == 2
+    assert state.events["publisher:publisher reconnected"] == 2
+    assert state.events["publisher:reconnected"] == 0  # the main connection only declared
+    assert state.events["consumer:publisher reconnected"] == 0  # the consumer never published
+
+
 async def test_server_named_queue_gets_a_new_name_and_keeps_its_binding(
     rabbitmq: RabbitMQNode, rabbitmq_url: str, queue_name: str
 ) -> None:
