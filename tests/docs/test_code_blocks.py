@@ -14,9 +14,11 @@ Documentation that is not run goes stale. The rules, by a block's fence:
 - `--8<-- "examples/X.py"`: a tutorial included verbatim from examples/, which
   tests/integration/test_examples.py runs as real processes; here we check it is one of them.
 
-Shell blocks are commands to type, not run (they start brokers, or wait for Ctrl-C), but
-each `python examples/...` and `python -m leveret.testing ...` line in them must at least
-parse: it is run with `--help` (with the subcommand alone for leveret.testing).
+Shell blocks are the business of test_cli_transcripts.py: it runs the ```console
+transcripts of cli.md against the same node, and accounts for every other shell line (run,
+checked, or skipped with its reason). Here, each `python examples/...` and
+`python -m leveret.testing ...` line of the ```sh and ```bash blocks must at least parse:
+it is run with `--help` (with the subcommand alone for leveret.testing).
 
 README.md keeps short fragments (`conn` and `stop` defined elsewhere): its blocks that are
 whole programs run with the URL in them pointed at the private node; the others are compiled.
