@@ -17,6 +17,7 @@ await mesh.call("orders.create", {...}, timeout=5)`.
 from leveret.service._context import CallContext, current_context
 from leveret.service._crypto import Keys, generate_key
 from leveret.service._envelope import Envelope, EnvelopeError
+from leveret.service._management import ManagementError, VhostSetup, ensure_vhost, management_url
 from leveret.service._mesh import DEFAULT_TTL, Mesh
 from leveret.service._service import REASON_HEADER, CallAgain, Service
 from leveret.service._topology import MeshNames
@@ -29,9 +30,13 @@ __all__ = [
     "Envelope",
     "EnvelopeError",
     "Keys",
+    "ManagementError",
     "Mesh",
     "MeshNames",
     "Service",
+    "VhostSetup",
     "current_context",
+    "ensure_vhost",
     "generate_key",
+    "management_url",
 ]

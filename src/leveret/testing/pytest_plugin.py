@@ -58,6 +58,19 @@ def rabbitmq_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TLSRabbit
 
 
 @pytest.fixture(scope="session")
+def rabbitmq_management() -> Iterator[RabbitMQNode]:
+    """A second node with the rabbitmq_management plugin, started only for tests that ask
+    for it (about 4 s): its HTTP API listens on 127.0.0.1 at
+    `.plugin_ports["rabbitmq_management"]`, guest/guest is an administrator."""
+    try:
+        node = RabbitMQNode.start(plugins=["rabbitmq_management"])
+    except NodeStartError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    with node:
+        yield node
+
+
+@pytest.fixture(scope="session")
 def rabbitmq_cluster() -> Iterator[RabbitMQCluster]:
     """Three clustered nodes, started only for tests that ask for them: `.urls` (pass them
     all to `leveret.connect`), `.nodes`, `.ctl(i, ...)`, and `.stop_node(i)` /

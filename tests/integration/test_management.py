@@ -1,0 +1,118 @@
+"""leveret.service.ensure_vhost against a node with the management plugin enabled."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import uuid
+
+import pytest
+
+import leveret
+from leveret.service import (
+    CallContext,
+    ManagementError,
+    Service,
+    VhostSetup,
+    ensure_vhost,
+    management_url,
+)
+from leveret.testing import RabbitMQNode
+
+pytestmark = pytest.mark.integration
+
+
+def api_url(node: RabbitMQNode, password: str = "guest") -> str:
+    port = node.plugin_ports["rabbitmq_management"]
+    return f"http://guest:{password}@127.0.0.1:{port}/"
+
+
+def permissions(node: RabbitMQNode, vhost: str) -> dict[str, list[str]]:
+    rows = json.loads(node.ctl("--quiet", "list_permissions", "-p", vhost, "--formatter", "json"))
+    return {row["user"]: [row["configure"], row["write"], row["read"]] for row in rows}
+
+
+async def test_creates_the_vhost_and_grants_a_user_then_a_service_runs_there(
+    rabbitmq_management: RabbitMQNode,
+) -> None:
+    node = rabbitmq_management
+    vhost = f"mgmt-{uuid.uuid4().hex[:8]}"
+    user = f"app-{uuid.uuid4().hex[:6]}"
+    node.ctl("add_user", user, "app-secret")
+    assert vhost not in node.ctl("--quiet", "list_vhosts")
+
+    setup = await ensure_vhost(api_url(node), vhost, user=user, read="^orders.*|leveret.*|amq.*")
+    assert setup == VhostSetup(vhost_created=True, permissions_changed=True)
+    assert permissions(node, vhost)[user] == [".*", ".*", "^orders.*|leveret.*|amq.*"]
+
+    # The user can now run a service in the new vhost.
+    orders = Service("orders")
+
+    @orders.method
+    async def add(params: dict[str, int], ctx: CallContext) -> int:
+        return params["a"] + params["b"]
+
+    url = f"amqp://{user}:app-secret@127.0.0.1:{node.port}/{vhost}"
+    async with asyncio.timeout(15), leveret.connect(url) as conn, orders.run(conn) as mesh:
+        assert await mesh.call("orders.add", {"a": 2, "b": 3}, timeout=5) == 5
+
+    # A second call finds everything in place and changes nothing.
+    again = await ensure_vhost(api_url(node), vhost, user=user, read="^orders.*|leveret.*|amq.*")
+    assert again == VhostSetup(vhost_created=False, permissions_changed=False)
+    # Other patterns are an update, not a no-op.
+    changed = await ensure_vhost(api_url(node), vhost, user=user, write="^orders$")
+    assert changed == VhostSetup(vhost_created=False, permissions_changed=True)
+    assert permissions(node, vhost)[user] == [".*", "^orders$", ".*"]
+
+
+async def test_vhost_only_and_the_url_derived_from_the_amqp_url(
+    rabbitmq_management: RabbitMQNode,
+) -> None:
+    node = rabbitmq_management
+    vhost = f"mgmt/{uuid.uuid4().hex[:8]}"  # a slash must be escaped in the API path
+    url = management_url(node.url, port=node.plugin_ports["rabbitmq_management"])
+    assert url == f"http://guest:guest@127.0.0.1:{node.plugin_ports['rabbitmq_management']}/"
+    assert await ensure_vhost(url, vhost) == VhostSetup(True, False)
+    assert vhost in node.ctl("--quiet", "list_vhosts").splitlines()
+    assert await ensure_vhost(url, vhost) == VhostSetup(False, False)
+
+
+async def test_wrong_admin_password_is_a_clear_error(rabbitmq_management: RabbitMQNode) -> None:
+    with pytest.raises(
+        ManagementError, match="refused the admin credentials of user 'guest'"
+    ) as info:
+        await ensure_vhost(api_url(rabbitmq_management, password="wrong"), "never-made")
+    assert info.value.status == 401
+    assert "never-made" not in rabbitmq_management.ctl("--quiet", "list_vhosts")
+
+
+async def test_a_missing_user_is_named(rabbitmq_management: RabbitMQNode) -> None:
+    with pytest.raises(ManagementError, match="user 'nobody-here' does not exist"):
+        await ensure_vhost(api_url(rabbitmq_management), "mgmt-nobody", user="nobody-here")
+
+
+async def test_no_management_plugin_says_so(rabbitmq: RabbitMQNode) -> None:
+    # The session node runs without the plugin: nothing listens where the API would be.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(ManagementError, match="is the rabbitmq_management plugin enabled"):
+        await ensure_vhost(management_url(rabbitmq.url, port=port), "anything", timeout=5)
+
+
+@pytest.mark.parametrize(
+    ("url", "vhost", "options", "error", "text"),
+    [
+        ("amqp://guest:guest@localhost/", "v", {}, ValueError, "amqp://guest"),
+        ("http://localhost:15672/", "", {}, ValueError, "vhost must be a non-empty str"),
+        ("http://localhost:15672/", "v", {"user": ""}, ValueError, "user must be"),
+        ("http://localhost:15672/", "v", {"read": None}, TypeError, "read must be a str"),
+        ("http://localhost:15672/", "v", {"timeout": 0}, ValueError, "timeout must be"),
+    ],
+)
+async def test_bad_input_is_named(
+    url: str, vhost: str, options: dict[str, object], error: type[Exception], text: str
+) -> None:
+    with pytest.raises(error, match=text):
+        await ensure_vhost(url, vhost, **options)  # type: ignore[arg-type]
