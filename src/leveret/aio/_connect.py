@@ -108,6 +108,7 @@ def connect(
     ssl: ssl_module.SSLContext | bool | None = None,
     name: str | None = None,
     close_timeout: float = 5.0,
+    drain_timeout: float | None = None,
     reconnect: bool = True,
     backoff: Backoff | None = None,
     publish_timeout: float | None = 60.0,
@@ -130,7 +131,10 @@ def connect(
     With `separate_publisher` (the default), publishes use a second
     connection, opened on the first publish, so that a broker that blocks
     publishers (a memory or disk alarm) never stops consumers from acking.
-    At most `max_in_flight` publishes await their confirms at once; more wait
+    Leaving `async with` (or `close()`) first stops the connection's
+    subscriptions and waits up to `drain_timeout` (default: `close_timeout`)
+    for their running handlers and for unconfirmed publishes; `close_timeout`
+    bounds the close handshake. At most `max_in_flight` publishes await their confirms at once; more wait
     their turn (within their timeout), so memory stays bounded. With
     `stamp_messages`, publishes get a unique `message_id` and a `timestamp`
     unless they carry their own. `telemetry` turns OpenTelemetry spans and
@@ -142,6 +146,14 @@ def connect(
     for what, value in (("close_timeout", close_timeout), ("operation_timeout", operation_timeout)):
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
             raise ValueError(f"{what} must be positive seconds, got {value!r}")
+    if drain_timeout is not None and (
+        not isinstance(drain_timeout, (int, float))
+        or isinstance(drain_timeout, bool)
+        or not 0 <= drain_timeout < math.inf
+    ):
+        raise ValueError(
+            f"drain_timeout must be seconds (0 or more) or None, got {drain_timeout!r}"
+        )
     if publish_timeout is not None and (
         not isinstance(publish_timeout, (int, float))
         or isinstance(publish_timeout, bool)
@@ -165,6 +177,7 @@ def connect(
     ]
     options: dict[str, Any] = {
         "close_timeout": close_timeout,
+        "drain_timeout": drain_timeout,
         "reconnect": bool(reconnect),
         "backoff": backoff,
         "publish_timeout": publish_timeout,

@@ -60,6 +60,7 @@ from leveret.aio._backoff import Backoff
 from leveret.aio._channel import ChannelHandle, Outgoing
 from leveret.aio._consumer import Consumer
 from leveret.aio._deadlines import Deadlines
+from leveret.aio._drain import drain_subscriptions
 from leveret.aio._listening import Listening
 from leveret.aio._message import Message
 from leveret.aio._retry import Retry
@@ -193,6 +194,7 @@ class Connection:
         candidates: ConnectionParameters | Sequence[ConnectionParameters],
         *,
         close_timeout: float = 5.0,
+        drain_timeout: float | None = None,
         reconnect: bool = True,
         backoff: Backoff | None = None,
         publish_timeout: float | None = 60.0,
@@ -206,6 +208,9 @@ class Connection:
             candidates = [candidates]
         self._candidates = list(candidates)
         self.close_timeout = close_timeout
+        # How long close() waits for running handlers and for unconfirmed publishes.
+        self.drain_timeout = close_timeout if drain_timeout is None else drain_timeout
+        self._subscriptions: dict[Subscription, None] = {}  # running: drained on close
         self.reconnect = reconnect
         self.backoff = backoff or Backoff()
         self.publish_timeout = publish_timeout
@@ -217,6 +222,7 @@ class Connection:
         self._closed: asyncio.Future[None] = self._loop.create_future()
         self._error: BaseException | None = None  # terminal: the connection is done
         self._closing = False
+        self._draining = False
         self._connected = asyncio.Event()
         self._reconnecting = False
         self._reconnect_task: asyncio.Task[None] | None = None
@@ -1565,6 +1571,7 @@ class Connection:
         publisher = Connection(
             candidates,
             close_timeout=self.close_timeout,
+            drain_timeout=self.drain_timeout,
             reconnect=self.reconnect,
             backoff=self.backoff,
             publish_timeout=self.publish_timeout,
@@ -1973,16 +1980,25 @@ class Connection:
         await waiter
 
     async def close(self) -> None:
-        """Close gracefully: wait (bounded) for pending confirms, then connection.close.
+        """Close gracefully: stop subscriptions and let their running handlers finish, wait
+        for pending confirms (both within `drain_timeout`), then connection.close.
 
-        Idempotent, and never followed by a reconnect. Bounded by
-        `close_timeout`: if the broker does not answer (e.g. it is blocked),
-        the socket is aborted. Publishes still waiting to be re-sent after a
-        lost connection fail with ConnectionClosedByClient.
+        Idempotent, and never followed by a reconnect. The close handshake is
+        bounded by `close_timeout`: if the broker does not answer (e.g. it is
+        blocked), the socket is aborted. Publishes still waiting to be re-sent
+        after a lost connection fail with ConnectionClosedByClient.
         """
-        if self._error is not None or self._closing:
+        if self._error is not None or self._closing or self._draining:
             await asyncio.shield(self._closed)
             return
+        if self._subscriptions:
+            # Handlers may still publish and ack while they finish: not closing yet.
+            self._draining = True
+            try:
+                await drain_subscriptions(self._subscriptions, self.drain_timeout)
+            except BaseException:
+                self._draining = False  # cancelled: a later close() starts over
+                raise
         self._closing = True
         task = self._reconnect_task
         if task is not None and not task.done():
@@ -1998,15 +2014,15 @@ class Connection:
         closed_by_client = ConnectionClosedByClient("the connection was closed by the client")
         transport = self._transport
         if self._connected.is_set() and self._link_error is None:
+            pending = [
+                record.future
+                for channel in self._publish_channels.values()
+                for record in channel.confirms.values()
+            ]
+            if pending:
+                await asyncio.wait(pending, timeout=self.drain_timeout)
             try:
                 async with asyncio.timeout(self.close_timeout):
-                    pending = [
-                        record.future
-                        for channel in self._publish_channels.values()
-                        for record in channel.confirms.values()
-                    ]
-                    if pending:
-                        await asyncio.wait(pending)
                     if self._link_error is None:
                         self._core.close(200, "Normal shutdown")
                         self._flush_now()

@@ -8,8 +8,9 @@ what its handler did, so user code never forgets an ack:
 - the handler raised: the `on_error` policy, or the `retry` schedule.
 
 Leaving the block stops taking messages, waits (up to the connection's
-`close_timeout`) for running handlers, then closes the consumer; whatever
-was not acked goes back to the queue.
+`drain_timeout`) for running handlers, then closes the consumer; whatever
+was not acked goes back to the queue. Closing the connection with
+subscriptions still running does the same for each of them first.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
 from leveret.aio._consumer import Consumer
+from leveret.aio._drain import finish_handlers
 from leveret.aio._message import Message
 from leveret.aio._retry import Retry
 
@@ -79,6 +81,7 @@ class Subscription:
         self._runner: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._failure: BaseException | None = None
         self.handled = 0  # messages whose handler returned
         self.failed = 0  # messages whose handler raised
         # Spans wrap the handler here rather than the consumer's hand-out.
@@ -102,6 +105,7 @@ class Subscription:
             await self.retry.declare(self._connection, self._consumer.queue)
         await self._consumer.start()
         self._runner = asyncio.ensure_future(self._run())
+        self._connection._subscriptions[self] = None  # closing the connection drains it
 
     async def __aenter__(self) -> Subscription:
         await self.start()
@@ -128,10 +132,14 @@ class Subscription:
         assert self._runner is not None
         await asyncio.shield(self._runner)
 
-    async def _stop(self) -> BaseException | None:
+    async def _stop(self, timeout: float | None = None) -> BaseException | None:
+        """Stop; the first call does the work. A failure kept by a connection's drain is
+        returned by the next call (the owner's `async with` exit)."""
         if self._closed:
-            return None
+            kept, self._failure = self._failure, None
+            return kept
         self._closed = True
+        self._connection._subscriptions.pop(self, None)
         failure: BaseException | None = None
         runner = self._runner
         if runner is not None:
@@ -146,17 +154,13 @@ class Subscription:
                     pass
                 except Exception as exc:  # noqa: BLE001 - reported to the caller below
                     failure = exc
-        if self._tasks:
-            _, pending = await asyncio.wait(self._tasks, timeout=self._connection.close_timeout)
-            for task in pending:  # their messages go back to the queue when the channel closes
-                log.warning(
-                    "leveret: a handler on %r did not finish within close_timeout=%ss; cancelled",
-                    self.queue,
-                    self._connection.close_timeout,
-                )
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending)
+        connection = self._connection
+        await finish_handlers(
+            self._tasks,
+            connection.drain_timeout if timeout is None else timeout,
+            connection.close_timeout,
+            self.queue,
+        )
         await self._consumer.close()
         return failure
 

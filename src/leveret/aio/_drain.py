@@ -1,0 +1,65 @@
+"""The first step of a graceful close: let running handlers finish before the link goes.
+
+Why: a handler that is halfway through a message when the program leaves
+`connect()` would otherwise lose its ack (the broker redelivers the message,
+so the work is done twice) and any publish it was about to make. Closing
+first stops every subscription still running on the connection (no new
+message starts) and gives the handlers in progress `drain_timeout` seconds,
+all subscriptions together, to finish and ack; only then are the publisher's
+confirms awaited and the connection closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from leveret.aio._subscription import Subscription
+
+__all__ = ["drain_subscriptions", "finish_handlers"]
+
+log = logging.getLogger("leveret")
+
+
+async def drain_subscriptions(subscriptions: Iterable[Subscription], timeout: float) -> None:
+    """Stop every subscription, waiting at most `timeout` in all for their handlers."""
+    await asyncio.gather(*(_stop(s, timeout) for s in list(subscriptions)))
+
+
+async def _stop(subscription: Subscription, timeout: float) -> None:
+    # Why the subscription ended is its owner's to see, on leaving its `async with`.
+    subscription._failure = await subscription._stop(timeout)
+
+
+async def finish_handlers(
+    tasks: set[asyncio.Task[None]], timeout: float, grace: float, queue: str
+) -> None:
+    """Wait up to `timeout` for `tasks`; cancel the rest and wait up to `grace` for them.
+
+    A handler that ignores its cancellation is left behind with a warning: close
+    must never hang on user code.
+    """
+    if not tasks:
+        return
+    _, pending = await asyncio.wait(set(tasks), timeout=timeout)
+    if not pending:
+        return
+    log.warning(
+        "leveret: %d handler(s) on %r did not finish within %ss; cancelled (their messages "
+        "go back to the queue)",
+        len(pending),
+        queue,
+        timeout,
+    )
+    for task in pending:
+        task.cancel()
+    _, stuck = await asyncio.wait(pending, timeout=grace)
+    if stuck:
+        log.warning(
+            "leveret: %d handler(s) on %r ignored cancellation; closing without them",
+            len(stuck),
+            queue,
+        )

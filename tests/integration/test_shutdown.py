@@ -1,0 +1,142 @@
+"""Graceful close against the real broker: leaving `connect()` finishes the work in progress.
+
+A handler halfway through a message when the connection closes gets to finish,
+publish and ack (so the broker does not hand the message out again), within
+`drain_timeout`; a handler that never finishes does not hold the close longer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+import leveret
+from leveret.testing import RabbitMQNode
+
+pytestmark = pytest.mark.integration
+
+BOUND = 15
+
+
+def queue_depth(rabbitmq: RabbitMQNode, queue: str) -> int:
+    rows = {row["name"]: row for row in rabbitmq.list_queues()}
+    return int(rows[queue]["messages"])
+
+
+async def test_close_lets_a_running_handler_finish_publish_and_ack(
+    rabbitmq: RabbitMQNode, rabbitmq_url: str, queue_name: str
+) -> None:
+    results = f"{queue_name}.results"
+    started = asyncio.Event()
+    release = asyncio.Event()
+    finished: list[bytes] = []
+
+    async def handler(message: leveret.Message) -> None:
+        started.set()
+        await release.wait()  # still working when close() begins
+        await conn.publish(b"done:" + message.body, routing_key=results)
+        finished.append(message.body)
+
+    async with asyncio.timeout(BOUND):
+        conn = await leveret.connect(rabbitmq_url, drain_timeout=10)
+        await conn.declare_queue(queue_name, durable=True)
+        await conn.declare_queue(results, durable=True)
+        subscription = conn.subscribe(queue_name, handler)
+        await subscription.start()
+        await conn.publish(b"job-1", routing_key=queue_name, persistent=True)
+        await started.wait()
+
+        closing = asyncio.ensure_future(conn.close())
+        await asyncio.sleep(0.2)
+        assert not closing.done()  # waiting for the handler
+        assert not conn.is_closed
+        release.set()
+        await closing
+        assert conn.is_closed
+        await subscription.close()  # the owner's exit after the connection drained it: a no-op
+
+    assert finished == [b"job-1"]
+    assert subscription.handled == 1
+    # The ack reached the broker (nothing left to redeliver) and so did the publish.
+    assert queue_depth(rabbitmq, queue_name) == 0
+    async with leveret.connect(rabbitmq_url) as check:
+        reply = await check.get(results, no_ack=True)
+        assert reply is not None
+        assert reply.body == b"done:job-1"
+        assert await check.get(queue_name) is None
+        await check.delete_queue(queue_name)
+        await check.delete_queue(results)
+
+
+@pytest.mark.parametrize("stubborn", [False, True], ids=["cancellable", "ignores-cancel"])
+async def test_a_handler_that_never_finishes_does_not_hold_close_past_the_bound(
+    rabbitmq: RabbitMQNode, rabbitmq_url: str, queue_name: str, stubborn: bool
+) -> None:
+    drain_timeout, close_timeout = 0.5, 1.0
+    started = asyncio.Event()
+    forever = asyncio.Event()
+    cancelled: list[bool] = []
+
+    async def handler(message: leveret.Message) -> None:
+        started.set()
+        try:
+            await forever.wait()
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            if not stubborn:
+                raise
+            await forever.wait()  # a handler that swallows the cancellation
+
+    conn = await leveret.connect(
+        rabbitmq_url, drain_timeout=drain_timeout, close_timeout=close_timeout
+    )
+    await conn.declare_queue(queue_name, durable=True)
+    await conn.publish(b"endless", routing_key=queue_name, persistent=True)
+    subscription = conn.subscribe(queue_name, handler)
+    await subscription.start()
+    await asyncio.wait_for(started.wait(), BOUND)
+
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    # drain, the cancelled handler's grace, the consumer's and the connection's close-ok
+    await asyncio.wait_for(conn.close(), drain_timeout + 3 * close_timeout + 1)
+    took = loop.time() - began
+    assert took >= drain_timeout  # it did wait for the handler first
+    assert cancelled == [True]
+    assert conn.is_closed
+    forever.set()  # let the stubborn handler end before the loop does
+
+    # The unfinished message was not acked: the broker hands it out again.
+    async with leveret.connect(rabbitmq_url) as check:
+        async with asyncio.timeout(BOUND), check.consume(queue_name) as messages:
+            message = await anext(messages)
+            message.ack()
+        assert message.body == b"endless"
+        assert message.redelivered
+        await check.delete_queue(queue_name)
+
+
+async def test_close_without_subscriptions_waits_for_unconfirmed_publishes(
+    rabbitmq_url: str, queue_name: str
+) -> None:
+    conn = await leveret.connect(rabbitmq_url, drain_timeout=10)
+    await conn.declare_queue(queue_name, durable=True)
+    await conn.publish(b"first", routing_key=queue_name)  # opens the publishing connection
+    publishes = [
+        asyncio.ensure_future(conn.publish(b"%d" % n, routing_key=queue_name, persistent=True))
+        for n in range(500)
+    ]
+    await asyncio.sleep(0)  # sent, not yet confirmed
+    await asyncio.wait_for(conn.close(), BOUND)
+    outcomes = await asyncio.gather(*publishes, return_exceptions=True)
+    assert outcomes == [None] * 500  # every one confirmed, none failed by the close
+    async with leveret.connect(rabbitmq_url) as check:
+        info = await check.declare_queue(queue_name, passive=True)
+        assert info.message_count == 501
+        await check.delete_queue(queue_name)
+
+
+def test_bad_drain_timeout_is_named() -> None:
+    with pytest.raises(ValueError, match="drain_timeout must be seconds"):
+        leveret.connect("amqp://localhost/", drain_timeout=-1)
