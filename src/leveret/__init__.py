@@ -34,6 +34,8 @@ if TYPE_CHECKING:
         Message,
         QueueInfo,
         Retry,
+        StateChange,
+        StateChanges,
         Subscription,
         connect,
     )
@@ -48,6 +50,8 @@ _ASYNCIO_NAMES = frozenset(
         "Message",
         "QueueInfo",
         "Retry",
+        "StateChange",
+        "StateChanges",
         "Subscription",
         "connect",
     }
@@ -67,6 +71,8 @@ __all__ = [
     "QueueInfo",
     "QueueType",
     "Retry",
+    "StateChange",
+    "StateChanges",
     "StreamOffset",
     "Subscription",
     "__version__",

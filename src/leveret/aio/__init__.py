@@ -7,6 +7,7 @@ from leveret.aio._consumer import Consumer
 from leveret.aio._listening import Listening
 from leveret.aio._message import Message
 from leveret.aio._retry import Retry
+from leveret.aio._state_changes import StateChange, StateChanges
 from leveret.aio._stats import ConnectionStats
 from leveret.aio._subscription import Subscription
 
@@ -19,6 +20,8 @@ __all__ = [
     "Message",
     "QueueInfo",
     "Retry",
+    "StateChange",
+    "StateChanges",
     "Subscription",
     "connect",
 ]

@@ -65,6 +65,7 @@ from leveret.aio._listening import Listening
 from leveret.aio._message import Message
 from leveret.aio._retry import Retry
 from leveret.aio._rpc import Handler, RpcClient, RpcServer
+from leveret.aio._state_changes import StateChanges
 from leveret.aio._stats import ConnectionStats, Counters, snapshot
 from leveret.aio._subscription import (
     ErrorPolicy,
@@ -235,6 +236,8 @@ class Connection:
         self._deadlines = Deadlines(self._loop, self._expire_publish)
         self._rpc_client: RpcClient | None = None
         self._listeners: list[Callable[[str, BaseException | None], None]] = []
+        self._state_streams: dict[StateChanges, None] = {}  # an ordered set
+        self._owner: Connection | None = None  # set on a publishing connection
         self._name_cache: dict[str, bytes] = {}
         self._flush = self._schedule_flush
         # Publishes go through a second connection of their own (opened on first
@@ -538,6 +541,7 @@ class Connection:
                 event.reason,
             )
             self._unblocked.clear()
+            self._notify("blocked", None, event.reason)
         elif isinstance(event, ConnectionUnblocked):
             log.log(
                 logging.DEBUG if self._separate_publisher else logging.INFO,
@@ -545,6 +549,7 @@ class Connection:
                 self.name,
             )
             self._unblocked.set()
+            self._notify("unblocked", None)
         elif isinstance(event, ChannelFlowChanged):
             log.warning(
                 "leveret [%s]: channel.flow active=%s on channel %d",
@@ -874,16 +879,46 @@ class Connection:
                 log.error("leveret [%s]: could not recover %s: %s", self.name, what, exc)
                 return None
 
-    def _notify(self, state: str, error: BaseException | None) -> None:
+    def _notify(
+        self,
+        state: str,
+        error: BaseException | None,
+        reason: str | None = None,
+        publisher: bool = False,
+    ) -> None:
+        named = f"publisher {state}" if publisher else state
         for listener in list(self._listeners):
             try:
-                listener(state, error)
+                listener(named, error)
             except Exception:
                 log.exception("leveret [%s]: a connection state listener raised", self.name)
+        for stream in list(self._state_streams):
+            stream.push(state, error, reason, publisher)
+        if self._owner is not None:  # a publishing connection reports to its owner
+            self._owner._notify(state, error, reason, publisher=True)
 
     def add_listener(self, listener: Callable[[str, BaseException | None], None]) -> None:
-        """Call `listener(state, error)` on "disconnected", "reconnected" and "closed"."""
+        """Call `listener(state, error)` on "disconnected", "reconnected", "blocked",
+        "unblocked" and "closed" (prefixed "publisher " for the publishing connection)."""
         self._listeners.append(listener)
+
+    def state_changes(self, maxsize: int = 256) -> StateChanges:
+        """Changes of state from now on: `async for change in conn.state_changes():`.
+
+        Yields `StateChange(state, error, reason, publisher, missed)` for each
+        "disconnected", "reconnected", "blocked", "unblocked" and "closed" of
+        this connection (and, with `publisher=True`, of its publishing
+        connection, the one a memory alarm blocks); ends after "closed". At
+        most `maxsize` changes wait to be read: a slow reader loses the oldest,
+        and the next change it reads counts them in `missed`.
+        """
+        streams = self._state_streams
+        stream = StateChanges(maxsize, lambda done: streams.pop(done, None))
+        if self._error is not None:
+            stream.close()  # nothing will change any more
+        else:
+            streams[stream] = None
+        return stream
 
     def remove_listener(self, listener: Callable[[str, BaseException | None], None]) -> None:
         if listener in self._listeners:
@@ -1582,7 +1617,7 @@ class Connection:
             telemetry=self._telemetry,
         )
         publisher._recovery_gate = self._connected
-        publisher.add_listener(lambda state, error: self._notify(f"publisher {state}", error))
+        publisher._owner = self
         await publisher._connect_first()
         if self._error is not None or self._closing:
             await publisher.close()
