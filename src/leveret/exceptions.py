@@ -22,6 +22,7 @@ __all__ = [
     "ConnectionForced",
     "ConnectionLost",
     "ConsumerCancelled",
+    "ConsumerTimeout",
     "ContentTooLarge",
     "FrameError",
     "HeartbeatTimeout",
@@ -221,6 +222,22 @@ class PreconditionFailed(ChannelClosedByServer):
     """406: e.g. a redeclare with other arguments, or an unknown delivery tag."""
 
 
+class ConsumerTimeout(PreconditionFailed):
+    """406: a delivery stayed unacked longer than the broker's consumer_timeout.
+
+    The broker closed the consumer's channel and requeued everything unacked on
+    it (each comes back with `redelivered` set); acks of those deliveries are
+    not sent. Raise the broker's `consumer_timeout` (or, on RabbitMQ 3.12+,
+    the queue's `x-consumer-timeout`) for handlers that need longer.
+    """
+
+
+def _is_consumer_timeout(reply_code: int, reply_text: str) -> bool:
+    # RabbitMQ: "PRECONDITION_FAILED - delivery acknowledgement on channel 1 timed out. ..."
+    text = reply_text.lower()
+    return reply_code == 406 and "acknowledgement" in text and "timed out" in text
+
+
 class ConsumerCancelled(LeveretError):
     """The broker cancelled a consumer (its queue was deleted or failed over)."""
 
@@ -327,6 +344,8 @@ def channel_error(
     reply_code: int, reply_text: str, class_id: int = 0, method_id: int = 0
 ) -> ChannelClosedByServer:
     """The exception for a broker's channel.close, by reply code."""
+    if _is_consumer_timeout(reply_code, reply_text):
+        return ConsumerTimeout(reply_code, reply_text, class_id, method_id)
     cls = _CHANNEL_ERRORS.get(reply_code, ChannelClosedByServer)
     return cls(reply_code, reply_text, class_id, method_id)
 

@@ -32,7 +32,9 @@ class Consumer:
     If the broker cancels the consumer (its queue was deleted), iteration
     yields what was already buffered, then raises `ConsumerCancelled`; if the
     channel or connection dies, buffered messages are dropped (the broker
-    redelivers them) and iteration raises that error.
+    redelivers them) and iteration raises that error. A message held unacked
+    past the broker's consumer_timeout raises `ConsumerTimeout` this way: the
+    iterator has ended (`restart()` consumes again); `subscribe` does that itself.
     """
 
     def __init__(
@@ -89,6 +91,15 @@ class Consumer:
             elif not starting.cancelled() and starting.exception() is None:
                 self._cleanup = asyncio.ensure_future(self._stop_started())
             raise
+
+    async def restart(self) -> None:
+        """Consume again on a fresh channel after the broker closed this one (e.g. a
+        ConsumerTimeout). Does nothing once the consumer was closed."""
+        if self._closed or self._channel is not None:
+            return
+        self._error = None
+        self._starting = None
+        await self.start()
 
     async def _stop_started(self) -> None:
         channel = self._channel

@@ -26,6 +26,7 @@ from leveret.aio._consumer import Consumer
 from leveret.aio._drain import finish_handlers
 from leveret.aio._message import Message
 from leveret.aio._retry import Retry
+from leveret.exceptions import ConsumerTimeout
 
 if TYPE_CHECKING:
     from leveret.aio._connection import Connection
@@ -60,6 +61,11 @@ class Subscription:
 
     With `retry=Retry(delays=...)`, a failed message is retried after each
     delay in turn (through TTL'd retry queues) and parked after the last.
+
+    A handler that holds its message past the broker's consumer_timeout does
+    not end the subscription: the broker closes the channel and requeues the
+    message, the subscription logs it, counts it in `timed_out` and consumes
+    again; the slow handler's ack is not sent (the message is redelivered).
     """
 
     def __init__(
@@ -84,6 +90,7 @@ class Subscription:
         self._failure: BaseException | None = None
         self.handled = 0  # messages whose handler returned
         self.failed = 0  # messages whose handler raised
+        self.timed_out = 0  # channels the broker closed for its consumer_timeout
         # Spans wrap the handler here rather than the consumer's hand-out.
         self._telemetry = connection._telemetry
         consumer._telemetry = None
@@ -179,7 +186,11 @@ class Subscription:
                 if consumer.closed:
                     return
                 if len(consumer) == 0 and consumer.error is not None:
-                    raise consumer.error.with_traceback(None)
+                    if not isinstance(consumer.error, ConsumerTimeout):
+                        raise consumer.error.with_traceback(None)
+                    self._consumer_timed_out(consumer.error)
+                    await consumer.restart()
+                    continue
                 await consumer.wait_for_change()
         finally:
             consumer.on_arrival = None
@@ -193,6 +204,15 @@ class Subscription:
             task = asyncio.ensure_future(self._handle(message))
             self._tasks.add(task)
             task.add_done_callback(self._finished)
+
+    def _consumer_timed_out(self, exc: ConsumerTimeout) -> None:
+        self.timed_out += 1
+        log.warning(
+            "leveret: a message on %r stayed unacked past the broker's consumer_timeout and "
+            "comes back redelivered (its handler's ack is not sent); consuming again: %s",
+            self.queue,
+            exc,
+        )
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
