@@ -32,6 +32,7 @@ __all__ = [
     "LeveretError",
     "LocalProtocolError",
     "MessageReturned",
+    "MessageTooLarge",
     "NoConsumers",
     "NoRoute",
     "NotAllowed",
@@ -285,6 +286,23 @@ class MessageReturned(PublishError):
         self.routing_key = routing_key
         self.body = body
         self.properties = properties
+
+
+class MessageTooLarge(PublishError, ValueError):
+    """A body over the connection's `max_message_size`, refused before anything was sent.
+
+    The broker would refuse it anyway (and close the channel): RabbitMQ's
+    `max_message_size` is 128 MiB up to 3.x and 16 MiB from 4.0. AMQP does not
+    announce the broker's limit, so the client keeps its own, set to match.
+    """
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(
+            f"message body of {size} bytes is over max_message_size={limit}: split it, or "
+            "raise the broker's max_message_size and connect(max_message_size=...) together"
+        )
+        self.size = size
+        self.limit = limit
 
 
 class PayloadError(LeveretError, ValueError):

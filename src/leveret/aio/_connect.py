@@ -10,7 +10,7 @@ from typing import Any
 
 from leveret._url import ConnectionParameters, parse_url
 from leveret.aio._backoff import Backoff
-from leveret.aio._connection import Connection
+from leveret.aio._connection import DEFAULT_MAX_MESSAGE_SIZE, Connection
 from leveret.telemetry import TelemetryOption, check_option, resolve
 
 __all__ = ["connect"]
@@ -117,6 +117,7 @@ def connect(
     max_in_flight: int = 10_000,
     stamp_messages: bool = True,
     telemetry: TelemetryOption = None,
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
 ) -> _Connecting:
     """Connect to RabbitMQ: `async with leveret.connect(url) as conn:` or `conn = await connect(url)`.
 
@@ -134,13 +135,22 @@ def connect(
     Leaving `async with` (or `close()`) first stops the connection's
     subscriptions and waits up to `drain_timeout` (default: `close_timeout`)
     for their running handlers and for unconfirmed publishes; `close_timeout`
-    bounds the close handshake. At most `max_in_flight` publishes await their confirms at once; more wait
-    their turn (within their timeout), so memory stays bounded. With
-    `stamp_messages`, publishes get a unique `message_id` and a `timestamp`
-    unless they carry their own. `telemetry` turns OpenTelemetry spans and
-    metrics on or off (see `leveret.telemetry`; by default on when the
-    program configured an OpenTelemetry SDK). `conn.stats()` counts either way.
+    bounds the close handshake. At most `max_in_flight` publishes await
+    their confirms at once; more wait their turn (within their timeout), so
+    memory stays bounded. With `stamp_messages`, publishes get a unique
+    `message_id` and a `timestamp` unless they carry their own. A publish
+    whose body is over `max_message_size` (default 128 MiB, RabbitMQ 3.x's
+    limit; 4.x brokers default to 16 MiB) raises MessageTooLarge before
+    anything is sent. `telemetry` turns OpenTelemetry spans and metrics on
+    or off (see `leveret.telemetry`; by default on when the program
+    configured an OpenTelemetry SDK). `conn.stats()` counts either way.
     """
+    if (
+        not isinstance(max_message_size, int)
+        or isinstance(max_message_size, bool)
+        or max_message_size < 1
+    ):
+        raise ValueError(f"max_message_size must be a positive int, got {max_message_size!r}")
     if not isinstance(max_in_flight, int) or isinstance(max_in_flight, bool) or max_in_flight < 1:
         raise ValueError(f"max_in_flight must be a positive int, got {max_in_flight!r}")
     for what, value in (("close_timeout", close_timeout), ("operation_timeout", operation_timeout)):
@@ -185,5 +195,6 @@ def connect(
         "separate_publisher": bool(separate_publisher),
         "max_in_flight": max_in_flight,
         "stamp_messages": bool(stamp_messages),
+        "max_message_size": max_message_size,
     }
     return _Connecting(candidates, options, telemetry)

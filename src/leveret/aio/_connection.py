@@ -87,6 +87,7 @@ from leveret.exceptions import (
     HeartbeatTimeout,
     InternalError,
     LeveretError,
+    MessageTooLarge,
     ProtocolError,
     PublishTimeout,
     ResourceLocked,
@@ -136,6 +137,7 @@ Body = bytes | bytearray | memoryview | str | Any
 """bytes as they are; str as UTF-8 text; dicts, lists, numbers, dataclasses, models as JSON."""
 _stamp_prefix = functools.lru_cache(maxsize=64)(stamp_prefix)
 _M = TypeVar("_M", bound=PamqpMethod)
+DEFAULT_MAX_MESSAGE_SIZE = 128 * 1024 * 1024  # RabbitMQ 3.x's max_message_size
 _POOL_LIMIT = 32  # idle synchronous-operation channels kept open
 _NAME_CACHE_LIMIT = 4096
 _consumer_numbers = itertools.count(1)
@@ -204,6 +206,7 @@ class Connection:
         max_in_flight: int = 10_000,
         stamp_messages: bool = True,
         telemetry: Instrumentation | None = None,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     ) -> None:
         if isinstance(candidates, ConnectionParameters):
             candidates = [candidates]
@@ -219,6 +222,7 @@ class Connection:
         self.stamp_messages = stamp_messages
         self._telemetry = telemetry  # None unless OpenTelemetry is on: one check per message
         self._stats = Counters()
+        self.max_message_size = max_message_size  # bodies over it never leave the process
         self._loop = asyncio.get_running_loop()
         self._closed: asyncio.Future[None] = self._loop.create_future()
         self._error: BaseException | None = None  # terminal: the connection is done
@@ -1317,7 +1321,8 @@ class Connection:
         (exchange first) would otherwise publish to the wrong place silently.
 
         Raises PublishNacked when the broker refuses the message,
-        MessageReturned when `mandatory` and no queue took it, the channel
+        MessageReturned when `mandatory` and no queue took it, MessageTooLarge
+        (before sending) for a body over `max_message_size`, the channel
         error (e.g. NotFound for a missing exchange) or the connection error.
         If the connection drops before the confirm, the message is sent again
         on the next connection (so it may arrive twice, flagged by nothing:
@@ -1418,6 +1423,8 @@ class Connection:
         content_type = None
         if type(body) is not bytes:
             body, content_type = encode_body(body)
+        if len(body) > self.max_message_size:
+            raise MessageTooLarge(len(body), self.max_message_size)
         if properties is None:
             if self.stamp_messages:
                 return body, stamped_properties(
@@ -1615,6 +1622,7 @@ class Connection:
             max_in_flight=self.max_in_flight,
             stamp_messages=self.stamp_messages,
             telemetry=self._telemetry,
+            max_message_size=self.max_message_size,
         )
         publisher._recovery_gate = self._connected
         publisher._owner = self
