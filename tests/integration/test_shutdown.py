@@ -8,11 +8,14 @@ publish and ack (so the broker does not hand the message out again), within
 from __future__ import annotations
 
 import asyncio
+from urllib.parse import urlsplit
 
 import pytest
 
 import leveret
-from leveret.testing import RabbitMQNode
+from leveret.testing import FaultProxy, RabbitMQNode
+
+from ._pipeline import FAST, until
 
 pytestmark = pytest.mark.integration
 
@@ -140,3 +143,61 @@ async def test_close_without_subscriptions_waits_for_unconfirmed_publishes(
 def test_bad_drain_timeout_is_named() -> None:
     with pytest.raises(ValueError, match="drain_timeout must be seconds"):
         leveret.connect("amqp://localhost/", drain_timeout=-1)
+
+
+async def test_close_while_blocked_returns_promptly_and_fails_pending_publishes(
+    rabbitmq: RabbitMQNode, rabbitmq_url: str, queue_name: str
+) -> None:
+    name = f"blocked-close-{queue_name[-8:]}"
+    conn = await leveret.connect(rabbitmq_url, name=name, close_timeout=5, drain_timeout=5)
+    await conn.declare_queue(queue_name, auto_delete=True)
+    await conn.publish(b"opens the publisher", routing_key=queue_name)
+    await asyncio.to_thread(rabbitmq.set_vm_memory_high_watermark, 0)
+    try:
+        pending = [
+            asyncio.ensure_future(conn.publish(b"%d" % n, routing_key=queue_name, timeout=60))
+            for n in range(3)
+        ]
+        await until(lambda: conn.is_blocked, BOUND)
+        # Not after drain_timeout plus close_timeout: the broker reads nothing from a
+        # blocked connection, so there is no confirm or close-ok to wait for.
+        await asyncio.wait_for(conn.close(), 2.0)
+        outcomes = await asyncio.gather(*pending, return_exceptions=True)
+    finally:
+        await asyncio.to_thread(rabbitmq.set_vm_memory_high_watermark, 0.4)
+    for outcome in outcomes:
+        assert isinstance(outcome, leveret.ConnectionClosedByClient)
+        assert "blocked publishing" in str(outcome)
+    assert await conn.wait_closed() is None  # a close by the user, not a failure
+
+    def gone() -> bool:
+        rows = rabbitmq.list_connections()
+        return not any(name in str(row["client_properties"]) for row in rows)
+
+    await until(gone, BOUND)  # the broker let go of both connections
+
+
+async def test_close_mid_recovery_returns_promptly_and_fails_pending_publishes(
+    rabbitmq_url: str, queue_name: str
+) -> None:
+    url = urlsplit(rabbitmq_url)
+    assert url.hostname is not None
+    assert url.port is not None
+    async with FaultProxy(url.hostname, url.port) as proxy:
+        conn = await leveret.connect(
+            proxy.url_for(rabbitmq_url), close_timeout=5, drain_timeout=5, backoff=FAST
+        )
+        await conn.declare_queue(queue_name, auto_delete=True)
+        await conn.publish(b"opens the publisher", routing_key=queue_name)
+        proxy.blackhole()  # sent, never confirmed
+        unconfirmed = asyncio.ensure_future(conn.publish(b"in flight", routing_key=queue_name))
+        await proxy.wait_until(lambda: proxy.bytes_dropped > 0)
+        proxy.refuse()  # the broker is "down": every reconnect attempt fails
+        proxy.cut()
+        await until(lambda: not conn.is_connected, BOUND)
+        await proxy.wait_until(lambda: proxy.connections_refused > 0)  # really reconnecting
+        waiting = asyncio.ensure_future(conn.publish(b"not sent", routing_key=queue_name))
+        await asyncio.wait_for(conn.close(), 2.0)
+        for outcome in await asyncio.gather(unconfirmed, waiting, return_exceptions=True):
+            assert isinstance(outcome, leveret.ConnectionClosedByClient)
+            assert "while reconnecting" in str(outcome)

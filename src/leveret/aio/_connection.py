@@ -60,7 +60,7 @@ from leveret.aio._backoff import Backoff
 from leveret.aio._channel import ChannelHandle, Outgoing
 from leveret.aio._consumer import Consumer
 from leveret.aio._deadlines import Deadlines
-from leveret.aio._drain import drain_subscriptions
+from leveret.aio._drain import close_reason, drain_subscriptions
 from leveret.aio._listening import Listening
 from leveret.aio._message import Message
 from leveret.aio._retry import Retry
@@ -2054,9 +2054,13 @@ class Connection:
                 pass
         if self._publisher is not None:
             await self._publisher.close()
-        closed_by_client = ConnectionClosedByClient("the connection was closed by the client")
+        closed_by_client = ConnectionClosedByClient(close_reason(self))
         transport = self._transport
-        if self._connected.is_set() and self._link_error is None:
+        if transport is not None and not self._unblocked.is_set():
+            # A blocked connection is not read by the broker: no confirm and no close-ok
+            # can come, so waiting for them would only make close() slow.
+            transport.abort()
+        elif self._connected.is_set() and self._link_error is None:
             pending = [
                 record.future
                 for channel in self._publish_channels.values()

@@ -1,4 +1,5 @@
-"""The first step of a graceful close: let running handlers finish before the link goes.
+"""Closing well: let running handlers finish before the link goes, and say why
+publishes still pending got no confirm.
 
 Why: a handler that is halfway through a message when the program leaves
 `connect()` would otherwise lose its ack (the broker redelivers the message,
@@ -17,9 +18,10 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from leveret.aio._connection import Connection
     from leveret.aio._subscription import Subscription
 
-__all__ = ["drain_subscriptions", "finish_handlers"]
+__all__ = ["close_reason", "drain_subscriptions", "finish_handlers"]
 
 log = logging.getLogger("leveret")
 
@@ -63,3 +65,18 @@ async def finish_handlers(
             len(stuck),
             queue,
         )
+
+
+def close_reason(connection: Connection) -> str:
+    """What publishes still pending when the user closes are told: why they got no confirm."""
+    if connection.is_blocked:
+        return (
+            "the connection was closed by the client while the broker blocked publishing "
+            "(a memory or disk alarm); an unconfirmed message may or may not have arrived"
+        )
+    if not connection.is_connected:
+        return (
+            "the connection was closed by the client while reconnecting; an unconfirmed "
+            "message may or may not have arrived"
+        )
+    return "the connection was closed by the client"
