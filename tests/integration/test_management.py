@@ -16,6 +16,7 @@ from leveret.service import (
     Service,
     VhostSetup,
     ensure_vhost,
+    ensure_vhost_for,
     management_url,
 )
 from leveret.testing import RabbitMQNode
@@ -116,3 +117,26 @@ async def test_bad_input_is_named(
 ) -> None:
     with pytest.raises(error, match=text):
         await ensure_vhost(url, vhost, **options)  # type: ignore[arg-type]
+
+
+async def test_ensure_vhost_for_takes_the_vhost_and_user_from_the_amqp_url(
+    rabbitmq_management: RabbitMQNode,
+) -> None:
+    node = rabbitmq_management
+    vhost, user = f"for-{uuid.uuid4().hex[:8]}", f"svc-{uuid.uuid4().hex[:6]}"
+    node.ctl("add_user", user, "svc-secret")
+    amqp_url = f"amqp://{user}:svc-secret@127.0.0.1:{node.port}/{vhost}"
+    # The app's own user is no administrator: the API refuses it, and says what to check.
+    with pytest.raises(ManagementError, match="administrator tag"):
+        await ensure_vhost_for(
+            amqp_url,
+            api_url=api_url(node).replace("guest:guest@", ""),
+            admin_user=user,
+            admin_password="svc-secret",
+        )
+    setup = await ensure_vhost_for(amqp_url, api_url=api_url(node))
+    assert setup == VhostSetup(vhost_created=True, permissions_changed=True)
+    assert permissions(node, vhost)[user] == [".*", ".*", ".*"]
+    async with leveret.connect(amqp_url) as conn:
+        await conn.declare_queue("works", auto_delete=True)
+    assert await ensure_vhost_for(amqp_url, api_url=api_url(node)) == VhostSetup(False, False)

@@ -17,7 +17,13 @@ await mesh.call("orders.create", {...}, timeout=5)`.
 from leveret.service._context import CallContext, current_context
 from leveret.service._crypto import Keys, generate_key
 from leveret.service._envelope import Envelope, EnvelopeError
-from leveret.service._management import ManagementError, VhostSetup, ensure_vhost, management_url
+from leveret.service._management import (
+    ManagementError,
+    VhostSetup,
+    ensure_vhost,
+    ensure_vhost_for,
+    management_url,
+)
 from leveret.service._mesh import DEFAULT_TTL, Mesh
 from leveret.service._service import REASON_HEADER, CallAgain, Service
 from leveret.service._topology import MeshNames
@@ -37,6 +43,7 @@ __all__ = [
     "VhostSetup",
     "current_context",
     "ensure_vhost",
+    "ensure_vhost_for",
     "generate_key",
     "management_url",
 ]

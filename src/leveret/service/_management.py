@@ -28,7 +28,7 @@ from urllib.parse import quote, unquote, urlsplit
 from leveret._url import parse_url
 from leveret.exceptions import LeveretError
 
-__all__ = ["ManagementError", "VhostSetup", "ensure_vhost", "management_url"]
+__all__ = ["ManagementError", "VhostSetup", "ensure_vhost", "ensure_vhost_for", "management_url"]
 
 DEFAULT_PORT = 15672
 DEFAULT_TLS_PORT = 15671
@@ -93,6 +93,39 @@ async def ensure_vhost(
         if not isinstance(pattern, str):
             raise TypeError(f"{what} must be a str (a regular expression), got {pattern!r}")
     return await asyncio.to_thread(_ensure, api, vhost, user, wanted)
+
+
+async def ensure_vhost_for(
+    amqp_url: str,
+    *,
+    api_url: str | None = None,
+    configure: str = ".*",
+    write: str = ".*",
+    read: str = ".*",
+    admin_user: str | None = None,
+    admin_password: str | None = None,
+    timeout: float = 10.0,
+) -> VhostSetup:
+    """What the application's `amqp_url` needs before it can connect: its vhost, and its
+    user's permissions there. The API is `api_url` or, by default, `management_url(amqp_url)`
+    (same host, port 15672); the admin is `admin_user`/`admin_password`, else the one in
+    `api_url`, else the URL's own user (fine on a development broker, where it is guest).
+
+        await ensure_vhost_for("amqp://orders:secret@rabbit/orders",
+                               admin_user="admin", admin_password=os.environ["ADMIN_PW"])
+    """
+    params = parse_url(amqp_url)
+    return await ensure_vhost(
+        api_url if api_url is not None else management_url(amqp_url),
+        params.virtual_host,
+        user=params.username,
+        configure=configure,
+        write=write,
+        read=read,
+        admin_user=admin_user,
+        admin_password=admin_password,
+        timeout=timeout,
+    )
 
 
 def _ensure(api: _Api, vhost: str, user: str | None, wanted: dict[str, str]) -> VhostSetup:
