@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 import pytest
 
 import leveret
+import leveret.blocking
 from leveret.testing import FaultProxy, RabbitMQNode
 
 pytestmark = pytest.mark.integration
@@ -114,3 +115,12 @@ async def test_ten_mib_through_a_slow_link_keeps_heartbeats_flowing(
         assert received is not None
         assert received.body == body
         await direct.delete_queue(queue_name)
+
+
+def test_the_blocking_facade_refuses_it_too(rabbitmq_url: str, queue_name: str) -> None:
+    with leveret.blocking.connect(rabbitmq_url, max_message_size=1024) as conn:
+        conn.declare_queue(queue_name, auto_delete=True)
+        with pytest.raises(leveret.MessageTooLarge, match="over max_message_size=1024"):
+            conn.publish(b"x" * 1025, routing_key=queue_name)
+        conn.publish(b"x" * 1024, routing_key=queue_name)
+        assert conn.declare_queue(queue_name, passive=True).message_count == 1

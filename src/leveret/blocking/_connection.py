@@ -21,7 +21,7 @@ from leveret._queue_arguments import Overflow, QueueType, StreamOffset
 from leveret._url import ConnectionParameters
 from leveret.aio import Backoff, QueueInfo, Retry
 from leveret.aio._connect import DEFAULT_URL
-from leveret.aio._connection import ExchangeType
+from leveret.aio._connection import DEFAULT_MAX_MESSAGE_SIZE, ExchangeType
 from leveret.aio._stats import ConnectionStats
 from leveret.aio._subscription import ErrorPolicy
 from leveret.blocking._consumer import Consumer, Message
@@ -55,6 +55,7 @@ def connect(
     ssl: ssl_module.SSLContext | bool | None = None,
     name: str | None = None,
     close_timeout: float = 5.0,
+    drain_timeout: float | None = None,
     reconnect: bool = True,
     backoff: Backoff | None = None,
     publish_timeout: float | None = 60.0,
@@ -63,6 +64,7 @@ def connect(
     max_in_flight: int = 10_000,
     stamp_messages: bool = True,
     telemetry: TelemetryOption = None,
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
 ) -> Connection:
     """Connect to RabbitMQ: `with leveret.blocking.connect(url) as conn:` (or `conn = connect(url)`
     and later `conn.close()`).
@@ -79,6 +81,7 @@ def connect(
         ssl=ssl,
         name=name,
         close_timeout=close_timeout,
+        drain_timeout=drain_timeout,
         reconnect=reconnect,
         backoff=backoff,
         publish_timeout=publish_timeout,
@@ -87,6 +90,7 @@ def connect(
         max_in_flight=max_in_flight,
         stamp_messages=stamp_messages,
         telemetry=telemetry,
+        max_message_size=max_message_size,
     )
     portal = Portal(f"leveret-io-{next(_thread_numbers)}")
     try:
@@ -116,6 +120,9 @@ class Connection:
         self._portal = portal
         self._connection = connection
         self.close_timeout = close_timeout
+        # The driver bounds each step of its close: the publishing connection's and its
+        # own wait for confirms (drain_timeout), close-ok and socket (close_timeout).
+        self._close_bound = 2 * connection.drain_timeout + 4 * close_timeout + 1.0
         self._close_lock = threading.Lock()
         self._closing = False
         self._close_done = threading.Event()
@@ -698,15 +705,12 @@ class Connection:
             first = not self._closing
             self._closing = True
         if not first:
-            self._close_done.wait(4 * self.close_timeout + 1.0)  # another thread is closing
+            self._close_done.wait(self._close_bound)  # another thread is closing
             return
         unregister_at_exit(id(self))
         try:
             if not self._portal.stopped:
-                # The driver bounds each of its steps by close_timeout; this bounds them all.
-                self._portal.call(
-                    self._connection.close(), "close()", timeout=4 * self.close_timeout + 1.0
-                )
+                self._portal.call(self._connection.close(), "close()", timeout=self._close_bound)
         except TimeoutError:
             log.warning("leveret: the connection did not close within its bound; stopping")
         except ConnectionClosedByClient:
