@@ -201,3 +201,28 @@ async def test_close_mid_recovery_returns_promptly_and_fails_pending_publishes(
         for outcome in await asyncio.gather(unconfirmed, waiting, return_exceptions=True):
             assert isinstance(outcome, leveret.ConnectionClosedByClient)
             assert "while reconnecting" in str(outcome)
+
+
+async def test_a_handler_may_close_the_connection_itself(
+    rabbitmq_url: str, queue_name: str
+) -> None:
+    """A "shut down" message: the handler closes the connection; the close neither waits
+    for nor cancels the handler that asked for it."""
+    closed: list[bool] = []
+
+    async def handler(message: leveret.Message) -> None:
+        message.ack()
+        await conn.close()
+        closed.append(conn.is_closed)
+
+    conn = await leveret.connect(rabbitmq_url, drain_timeout=30)
+    await conn.declare_queue(queue_name, durable=True)
+    subscription = conn.subscribe(queue_name, handler)
+    await subscription.start()
+    await conn.publish(b"shut down", routing_key=queue_name)
+    async with asyncio.timeout(BOUND):  # far below drain_timeout: it did not wait for itself
+        await conn.wait_closed()
+        await until(lambda: closed == [True])
+    async with leveret.connect(rabbitmq_url) as check:
+        assert (await check.declare_queue(queue_name, passive=True)).message_count == 0
+        await check.delete_queue(queue_name)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from leveret.aio._connection import Connection
@@ -28,25 +28,35 @@ log = logging.getLogger("leveret")
 
 async def drain_subscriptions(subscriptions: Iterable[Subscription], timeout: float) -> None:
     """Stop every subscription, waiting at most `timeout` in all for their handlers."""
-    await asyncio.gather(*(_stop(s, timeout) for s in list(subscriptions)))
+    # A handler that closes the connection itself must not wait for (or cancel) itself.
+    closer = asyncio.current_task()
+    await asyncio.gather(*(_stop(s, timeout, closer) for s in list(subscriptions)))
 
 
-async def _stop(subscription: Subscription, timeout: float) -> None:
+async def _stop(
+    subscription: Subscription, timeout: float, closer: asyncio.Task[Any] | None
+) -> None:
     # Why the subscription ended is its owner's to see, on leaving its `async with`.
-    subscription._failure = await subscription._stop(timeout)
+    subscription._failure = await subscription._stop(timeout, spare=closer)
 
 
 async def finish_handlers(
-    tasks: set[asyncio.Task[None]], timeout: float, grace: float, queue: str
+    tasks: set[asyncio.Task[None]],
+    timeout: float,
+    grace: float,
+    queue: str,
+    spare: asyncio.Task[Any] | None = None,
 ) -> None:
-    """Wait up to `timeout` for `tasks`; cancel the rest and wait up to `grace` for them.
+    """Wait up to `timeout` for `tasks` (but `spare`); cancel the rest and wait up to
+    `grace` for them.
 
     A handler that ignores its cancellation is left behind with a warning: close
     must never hang on user code.
     """
-    if not tasks:
+    others = set(tasks) - {spare or asyncio.current_task()}
+    if not others:
         return
-    _, pending = await asyncio.wait(set(tasks), timeout=timeout)
+    _, pending = await asyncio.wait(others, timeout=timeout)
     if not pending:
         return
     log.warning(

@@ -139,9 +139,12 @@ class Subscription:
         assert self._runner is not None
         await asyncio.shield(self._runner)
 
-    async def _stop(self, timeout: float | None = None) -> BaseException | None:
+    async def _stop(
+        self, timeout: float | None = None, spare: asyncio.Task[Any] | None = None
+    ) -> BaseException | None:
         """Stop; the first call does the work. A failure kept by a connection's drain is
-        returned by the next call (the owner's `async with` exit)."""
+        returned by the next call (the owner's `async with` exit). `spare`: a handler's
+        task not to wait for (the one closing the connection)."""
         if self._closed:
             kept, self._failure = self._failure, None
             return kept
@@ -167,6 +170,7 @@ class Subscription:
             connection.drain_timeout if timeout is None else timeout,
             connection.close_timeout,
             self.queue,
+            spare,
         )
         await self._consumer.close()
         return failure
