@@ -15,6 +15,7 @@ from leveret.service import (
     ManagementError,
     Service,
     VhostSetup,
+    configure_topology,
     ensure_vhost,
     ensure_vhost_for,
     management_url,
@@ -140,3 +141,40 @@ async def test_ensure_vhost_for_takes_the_vhost_and_user_from_the_amqp_url(
     async with leveret.connect(amqp_url) as conn:
         await conn.declare_queue("works", auto_delete=True)
     assert await ensure_vhost_for(amqp_url, api_url=api_url(node)) == VhostSetup(False, False)
+
+
+async def test_configure_topology_prepares_a_fresh_vhost_for_a_service_without_rights(
+    rabbitmq_management: RabbitMQNode,
+) -> None:
+    """Deploy-time setup as the administrator; the service itself only checks the mesh."""
+    node = rabbitmq_management
+    vhost, user = f"deploy-{uuid.uuid4().hex[:8]}", f"billing-{uuid.uuid4().hex[:6]}"
+    node.ctl("add_user", user, "billing-secret")
+    billing = Service("billing", configure=False)
+
+    @billing.method
+    async def total(params: list[int], ctx: CallContext) -> int:
+        return sum(params)
+
+    admin_url = f"amqp://guest:guest@127.0.0.1:{node.port}/{vhost}"
+    setup = await configure_topology(admin_url, billing, ensure_vhost=True, api_url=api_url(node))
+    # The API grants the admin who creates a vhost full permissions there already.
+    assert setup == VhostSetup(vhost_created=True, permissions_changed=False)
+    # The service's own user gets read and write, but no configure permission.
+    assert await ensure_vhost(api_url(node), vhost, user=user, configure="^$") == VhostSetup(
+        vhost_created=False, permissions_changed=True
+    )
+    service_url = f"amqp://{user}:billing-secret@127.0.0.1:{node.port}/{vhost}"
+    async with asyncio.timeout(15), leveret.connect(service_url) as conn:
+        # Only the exclusive response queue is its own; the mesh was declared for it.
+        with pytest.raises(leveret.AccessRefused):
+            await conn.declare_queue("not-allowed", durable=True)
+    # Running it needs the exclusive response queue: give it that much.
+    await ensure_vhost(api_url(node), vhost, user=user, configure=r"^billing\..*\.responses$")
+    async with (
+        asyncio.timeout(15),
+        leveret.connect(service_url) as conn,
+        billing.run(conn) as mesh,
+    ):
+        assert await mesh.call("billing.total", [1, 2, 3], timeout=5) == 6
+    assert await configure_topology(admin_url, billing) is None  # again: changes nothing

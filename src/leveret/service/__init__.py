@@ -14,6 +14,7 @@ A client that only calls: `async with leveret.service.Mesh(conn) as mesh:
 await mesh.call("orders.create", {...}, timeout=5)`.
 """
 
+from leveret.service._configure import configure_topology
 from leveret.service._context import CallContext, current_context
 from leveret.service._crypto import Keys, generate_key
 from leveret.service._envelope import Envelope, EnvelopeError
@@ -41,6 +42,7 @@ __all__ = [
     "MeshNames",
     "Service",
     "VhostSetup",
+    "configure_topology",
     "current_context",
     "ensure_vhost",
     "ensure_vhost_for",
