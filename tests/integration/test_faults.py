@@ -58,11 +58,13 @@ async def test_blackhole_is_detected_by_heartbeats_then_recovered(
     async def fault(state: Pipeline) -> None:
         await until(lambda: len(state.received) > 2_000)
         proxy.blackhole()
-        # Every connection notices the silence on its own (heartbeat 1 s): wait for all.
+        # Every connection notices the silence on its own (heartbeat 1 s): wait for all,
+        # the watcher included (cut first, it would see a reset instead).
         await until(
             lambda: (
                 state.events["consumer:disconnected"] >= 1
                 and state.events["publisher:publisher disconnected"] >= 1
+                and len(errors) >= 1
             ),
             timeout=10,
         )
