@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = ["close_reason", "drain_subscriptions", "finish_handlers"]
 
-log = logging.getLogger("leveret")
+log = logging.getLogger("leveret.consumer")  # handler warnings, like the subscription's
 
 
 async def drain_subscriptions(subscriptions: Iterable[Subscription], timeout: float) -> None:
