@@ -271,6 +271,10 @@ class Consumer:
             try:
                 item = inbox.get(timeout=wait)
             except queue.Empty:
+                item = None
+            if item is None:
+                # Outside the except block: a Ctrl-C landing here must not print the
+                # queue.Empty it would otherwise be chained to as a second traceback.
                 if self._closed:
                     return _CLOSED
                 if deadline is not None and time.monotonic() >= deadline:

@@ -185,14 +185,15 @@ class Portal:
                         else max(0.0, min(piece, deadline - time.monotonic()))
                     )
                 except TimeoutError:
-                    if future.done():
-                        return future.result()  # it finished meanwhile, or raised TimeoutError
-                    if not self._thread.is_alive():
-                        raise ConnectionClosedByClient(
-                            "the connection was closed by the client"
-                        ) from None
-                    if deadline is not None and time.monotonic() >= deadline:
-                        raise
+                    pass
+                # Outside the except block: a Ctrl-C landing here must not come with the
+                # TimeoutError as a second, chained traceback.
+                if future.done():
+                    return future.result()  # it finished meanwhile, or raised TimeoutError
+                if not self._thread.is_alive():
+                    raise ConnectionClosedByClient("the connection was closed by the client")
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise TimeoutError
         except concurrent.futures.CancelledError:
             # Cancelled by the loop shutting down (a close() from another thread).
             raise ConnectionClosedByClient(
