@@ -153,7 +153,9 @@ def run_harness(args: argparse.Namespace, bench_python: Path, clients: list[str]
             str(out),
         ]
         log(" ".join(command))
-        code = subprocess.run(command).returncode
+        # The targets must hold without uvloop: the blocking facade would pick it up if installed.
+        env = {**os.environ, "LEVERET_EVENT_LOOP": "asyncio"}
+        code = subprocess.run(command, env=env).returncode
         memory = run_memory(broker.url, args.memory_n) if args.memory_n else None
         if out.exists():
             data = json.loads(out.read_text())
@@ -460,6 +462,8 @@ def render(data: dict[str, Any], png: str | None) -> str:
         "- `rpc_latency` is not like for like: leveret's `serve()` consumes with manual acks",
         "  (a request is acked only after its reply, sent on the same channel, so the broker",
         "  has routed the reply first), while the peers' servers use no-ack consumers.",
+        "- leveret runs on asyncio's own event loop here (`LEVERET_EVENT_LOOP=asyncio`), not",
+        "  uvloop, even where `leveret[speed]` is installed.",
         "- `leveret:blocking_many` and `leveret:blocking_threads` are the blocking facade",
         "  (`leveret.blocking`), beside `pika` (pika's BlockingConnection, one publish at a",
         "  time as its API allows); they run `publish_confirm` only.",
