@@ -1352,17 +1352,21 @@ class Connection:
         target = self
         if self._separate_publisher:
             target = self._publisher or await self._open_publisher()
-        channel = target._publish_channels.get(exchange)
-        if (
-            traced is not None  # telemetry: its span wraps the whole publish
-            or channel is None
-            or target._link_error is not None
-            or target._write_paused
-            or not target._unblocked.is_set()
-            or target._closing
-            or target._in_flight >= target.max_in_flight
-        ):
-            sending = target._publish_encoded(
+        # Telemetry's span wraps the whole publish, so it takes the coroutine path.
+        future = None
+        if traced is None:
+            future = target._send_at_once(
+                exchange,
+                exchange_bytes,
+                routing_key,
+                routing_key_bytes,
+                body,
+                properties_bytes,
+                mandatory,
+                timeout,
+            )
+        if future is None:
+            sending = target._publish_when_possible(
                 exchange,
                 exchange_bytes,
                 routing_key,
@@ -1377,29 +1381,10 @@ class Connection:
             else:
                 await self._telemetry.finish_publish(traced, sending)  # type: ignore[union-attr]
             return
-        # The fast path, inline (a coroutine less per publish): nothing to wait for.
-        future: asyncio.Future[None] = target._loop.create_future()
-        record = Outgoing(
-            future,
-            exchange,
-            exchange_bytes,
-            routing_key,
-            routing_key_bytes,
-            body,
-            properties_bytes,
-            mandatory,
-        )
-        target._send(channel, record)
-        if timeout is not None:
-            target._deadlines.watch(record, target._loop.time() + timeout)
-        target._in_flight += 1
-        target._stats.published += 1
         try:
             await future
         finally:
-            target._in_flight -= 1
-            if target._window_waiters:
-                target._wake_window_waiter()
+            target._publish_settled()
 
     def _traced_message(
         self, exchange: str, routing_key: str, body: Body, properties: Properties | None
@@ -1472,17 +1457,48 @@ class Connection:
         target = self._publisher if self._separate_publisher else self
         if target is None:
             return None
-        channel = target._publish_channels.get(exchange)
+        future = target._send_at_once(
+            exchange,
+            exchange_bytes,
+            routing_key,
+            routing_key_bytes,
+            body,
+            properties_bytes,
+            mandatory,
+            timeout,
+        )
+        if future is not None:
+            future.add_done_callback(target._publish_settled)
+        return future
+
+    def _send_at_once(
+        self,
+        exchange: str,
+        exchange_bytes: bytes,
+        routing_key: str,
+        routing_key_bytes: bytes,
+        body: bytes,
+        properties_bytes: bytes,
+        mandatory: bool,
+        timeout: float | None,
+    ) -> asyncio.Future[None] | None:
+        """The fast path: send now if nothing needs waiting for, and return the confirm's future.
+
+        None when there is no publish channel yet, the link is down or paused, the
+        broker blocks publishing or the window is full: `_publish_when_possible` then.
+        The publish counts as in flight until the caller calls `_publish_settled`.
+        """
+        channel = self._publish_channels.get(exchange)
         if (
             channel is None
-            or target._link_error is not None
-            or target._write_paused
-            or not target._unblocked.is_set()
-            or target._closing
-            or target._in_flight >= target.max_in_flight
+            or self._link_error is not None
+            or self._write_paused
+            or not self._unblocked.is_set()
+            or self._closing
+            or self._in_flight >= self.max_in_flight
         ):
             return None
-        future: asyncio.Future[None] = target._loop.create_future()
+        future: asyncio.Future[None] = self._loop.create_future()
         record = Outgoing(
             future,
             exchange,
@@ -1493,15 +1509,17 @@ class Connection:
             properties_bytes,
             mandatory,
         )
-        target._send(channel, record)
-        if timeout is not None:
-            target._deadlines.watch(record, target._loop.time() + timeout)
-        target._in_flight += 1
-        target._stats.published += 1
-        future.add_done_callback(target._publish_settled)
+        self._send(channel, record)
+        self._sent(record, None if timeout is None else self._loop.time() + timeout)
         return future
 
-    def _publish_settled(self, future: asyncio.Future[None]) -> None:
+    def _sent(self, record: Outgoing, deadline: float | None) -> None:
+        if deadline is not None:
+            self._deadlines.watch(record, deadline)
+        self._in_flight += 1
+        self._stats.published += 1
+
+    def _publish_settled(self, _future: object = None) -> None:
         self._in_flight -= 1
         if self._window_waiters:
             self._wake_window_waiter()
@@ -1520,7 +1538,7 @@ class Connection:
                 changes["timestamp"] = datetime.datetime.now(datetime.UTC)
         return changes
 
-    async def _publish_encoded(
+    async def _publish_when_possible(
         self,
         exchange: str,
         exchange_bytes: bytes,
@@ -1531,6 +1549,7 @@ class Connection:
         mandatory: bool,
         timeout: float | None,
     ) -> None:
+        """The slow path: wait (bounded by the deadline) until the publish can be sent."""
         deadline = None if timeout is None else self._loop.time() + timeout
         future: asyncio.Future[None] = self._loop.create_future()
         record = Outgoing(
@@ -1543,35 +1562,19 @@ class Connection:
             properties_bytes,
             mandatory,
         )
-        channel = self._publish_channels.get(exchange)
-        if (
-            channel is not None
-            and self._link_error is None
-            and not self._write_paused
-            and self._unblocked.is_set()
-            and not self._closing
-            and self._in_flight < self.max_in_flight
-        ):
-            self._send(channel, record)  # the fast path: nothing to wait for
-        else:
-            try:
-                async with asyncio.timeout_at(deadline):
-                    await self._send_when_possible(record)
-            except TimeoutError:
-                raise PublishTimeout(
-                    f"publish to exchange {exchange!r} with routing key {routing_key!r} not "
-                    f"sent within {timeout}s ({self._waiting_for()})"
-                ) from None
-        if deadline is not None:
-            self._deadlines.watch(record, deadline)
-        self._in_flight += 1
-        self._stats.published += 1
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self._send_when_possible(record)
+        except TimeoutError:
+            raise PublishTimeout(
+                f"publish to exchange {exchange!r} with routing key {routing_key!r} not "
+                f"sent within {timeout}s ({self._waiting_for()})"
+            ) from None
+        self._sent(record, deadline)
         try:
             await future
         finally:
-            self._in_flight -= 1
-            if self._window_waiters:
-                self._wake_window_waiter()
+            self._publish_settled()
 
     def _wake_window_waiter(self) -> None:
         while self._window_waiters and self._in_flight < self.max_in_flight:
