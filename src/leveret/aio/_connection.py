@@ -63,6 +63,7 @@ from leveret.aio._deadlines import Deadlines
 from leveret.aio._drain import close_reason, drain_subscriptions
 from leveret.aio._listening import Listening
 from leveret.aio._message import Message
+from leveret.aio._publish_future import PublishFuture, wait_settled
 from leveret.aio._retry import Retry
 from leveret.aio._rpc import Handler, RpcClient, RpcServer
 from leveret.aio._state_changes import StateChanges
@@ -250,6 +251,9 @@ class Connection:
         self.max_in_flight = max_in_flight
         self._in_flight = 0  # publishes awaiting their confirm on this connection
         self._window_waiters: deque[asyncio.Future[None]] = deque()
+        # Publishes on the slow path (each a task), and how many of them have not sent yet.
+        self._publishing_tasks: set[asyncio.Task[None]] = set()
+        self._publishes_waiting = 0
         self._publisher: Connection | None = None
         self._publisher_opening: asyncio.Task[Connection] | None = None
         self._recovery_gate: asyncio.Event | None = None  # the publisher waits for topology
@@ -1304,7 +1308,7 @@ class Connection:
             cache[value] = encoded
         return encoded
 
-    async def publish(
+    def publish(
         self,
         body: Body,
         *,
@@ -1314,21 +1318,29 @@ class Connection:
         persistent: bool = False,
         mandatory: bool = False,
         timeout: float | None = None,
-    ) -> None:
-        """Publish and wait for the broker's confirm.
+    ) -> PublishFuture:
+        """Publish, and return the future of the broker's confirm: `await conn.publish(...)`.
+
+        The message is sent when `publish()` is called (or, while it has to
+        wait for a reconnect, a blocked broker or a full window of
+        `max_in_flight` unconfirmed publishes, as soon as it can), so many
+        publishes need no task each: start them, then await or gather their
+        futures. `asyncio.create_task(conn.publish(...))` works too.
 
         `routing_key` and `exchange` are keyword-only: pika's argument order
         (exchange first) would otherwise publish to the wrong place silently.
 
-        Raises PublishNacked when the broker refuses the message,
+        The future raises PublishNacked when the broker refuses the message,
         MessageReturned when `mandatory` and no queue took it, MessageTooLarge
-        (before sending) for a body over `max_message_size`, the channel
-        error (e.g. NotFound for a missing exchange) or the connection error.
-        If the connection drops before the confirm, the message is sent again
-        on the next connection (so it may arrive twice, flagged by nothing:
-        make consumers idempotent). `timeout` (default: the connection's
-        `publish_timeout`) bounds the whole wait, reconnection included, and
-        raises PublishTimeout; the message may still arrive after it fired.
+        (nothing sent) for a body over `max_message_size`, TypeError or
+        ValueError (nothing sent) for a body or option it cannot send, the
+        channel error (e.g. NotFound for a missing exchange) or the
+        connection error. If the connection drops before the confirm, the
+        message is sent again on the next connection (so it may arrive twice,
+        flagged by nothing: make consumers idempotent). `timeout` (default:
+        the connection's `publish_timeout`) bounds the whole wait,
+        reconnection included, and raises PublishTimeout; the message may
+        still arrive after it fired.
 
         `body` may be bytes, a str (sent as UTF-8, content type text/plain)
         or a JSON-able object: dict, list, number, dataclass or pydantic model
@@ -1337,54 +1349,125 @@ class Connection:
         `stamp_messages=False`, a message without `message_id` and `timestamp`
         gets a unique id and the current time.
         """
-        exchange_bytes = self._encoded_name(exchange, "exchange name")
-        routing_key_bytes = self._encoded_name(routing_key, "routing key")
-        traced = None
-        if self._telemetry is not None:
-            body, properties, traced = self._traced_message(exchange, routing_key, body, properties)
-        body, properties_bytes = self._message_bytes(body, properties, persistent)
-        if timeout is None:
-            timeout = self.publish_timeout
-        elif not timeout > 0:
-            raise ValueError(f"timeout must be positive seconds, got {timeout!r}")
-        if self._error is not None or self._closing:
-            self._check_usable()
-        target = self
-        if self._separate_publisher:
-            target = self._publisher or await self._open_publisher()
-        # Telemetry's span wraps the whole publish, so it takes the coroutine path.
-        future = None
-        if traced is None:
-            future = target._send_at_once(
-                exchange,
-                exchange_bytes,
-                routing_key,
-                routing_key_bytes,
-                body,
-                properties_bytes,
-                mandatory,
-                timeout,
-            )
-        if future is None:
-            sending = target._publish_when_possible(
-                exchange,
-                exchange_bytes,
-                routing_key,
-                routing_key_bytes,
-                body,
-                properties_bytes,
-                mandatory,
-                timeout,
-            )
-            if traced is None:
-                await sending
-            else:
-                await self._telemetry.finish_publish(traced, sending)  # type: ignore[union-attr]
-            return
         try:
-            await future
-        finally:
-            target._publish_settled()
+            exchange_bytes = self._encoded_name(exchange, "exchange name")
+            routing_key_bytes = self._encoded_name(routing_key, "routing key")
+            traced = None
+            if self._telemetry is not None:
+                body, properties, traced = self._traced_message(
+                    exchange, routing_key, body, properties
+                )
+            body, properties_bytes = self._message_bytes(body, properties, persistent)
+            if timeout is None:
+                timeout = self.publish_timeout
+            elif not timeout > 0:
+                raise ValueError(f"timeout must be positive seconds, got {timeout!r}")
+            if self._error is not None or self._closing:
+                self._check_usable()
+            # Telemetry's span wraps the whole publish, so it takes the slow path; so does
+            # every publish while an earlier one waits there, to keep them in order.
+            if traced is None and not self._publishes_waiting:
+                target = self._publisher if self._separate_publisher else self
+                if target is not None:
+                    future = target._send_at_once(
+                        exchange,
+                        exchange_bytes,
+                        routing_key,
+                        routing_key_bytes,
+                        body,
+                        properties_bytes,
+                        mandatory,
+                        timeout,
+                    )
+                    if future is not None:
+                        future.add_done_callback(target._publish_settled)
+                        return future
+        except Exception as exc:  # noqa: BLE001 - raised where the caller awaits
+            failed = PublishFuture(loop=self._loop)
+            failed.set_exception(exc)
+            return failed
+        future = PublishFuture(loop=self._loop)
+        self._publishes_waiting += 1
+        task = self._loop.create_task(
+            self._publish_later(
+                future,
+                exchange,
+                exchange_bytes,
+                routing_key,
+                routing_key_bytes,
+                body,
+                properties_bytes,
+                mandatory,
+                timeout,
+                traced,
+            )
+        )
+        self._publishing_tasks.add(task)
+        task.add_done_callback(self._publishing_tasks.discard)
+        future.add_done_callback(functools.partial(_cancel_unless_done, task))
+        return future
+
+    async def _publish_later(
+        self,
+        future: PublishFuture,
+        exchange: str,
+        exchange_bytes: bytes,
+        routing_key: str,
+        routing_key_bytes: bytes,
+        body: bytes,
+        properties_bytes: bytes,
+        mandatory: bool,
+        timeout: float | None,
+        traced: PublishOp | None,
+    ) -> None:
+        """The slow path, a task of its own: wait (bounded by the deadline) until it can send.
+
+        The outcome goes to the caller's `future`; cancelling that cancels this task.
+        """
+        deadline = None if timeout is None else self._loop.time() + timeout
+        target = self
+        record = Outgoing(
+            future,
+            exchange,
+            exchange_bytes,
+            routing_key,
+            routing_key_bytes,
+            body,
+            properties_bytes,
+            mandatory,
+        )
+        try:
+            try:
+                if self._separate_publisher:
+                    target = self._publisher or await self._open_publisher()
+                async with asyncio.timeout_at(deadline):
+                    await target._send_when_possible(record)
+            except TimeoutError:
+                raise PublishTimeout(
+                    f"publish to exchange {exchange!r} with routing key {routing_key!r} not "
+                    f"sent within {timeout}s ({target._waiting_for()})"
+                ) from None
+            finally:
+                self._publishes_waiting -= 1
+        except asyncio.CancelledError:
+            future.cancel()
+            self._end_traced(traced, future)
+            raise
+        except Exception as exc:  # noqa: BLE001 - the caller's future carries it
+            if not future.done():
+                future.set_exception(exc)
+            self._end_traced(traced, future)
+            return
+        target._sent(record, deadline)
+        future.add_done_callback(target._publish_settled)
+        if traced is not None:
+            future.add_done_callback(functools.partial(self._end_traced, traced))
+
+    def _end_traced(self, traced: PublishOp | None, future: asyncio.Future[None]) -> None:
+        if traced is None or self._telemetry is None:
+            return
+        error = future.exception() if not future.cancelled() else asyncio.CancelledError()
+        self._telemetry.end_publish(traced, error)
 
     def _traced_message(
         self, exchange: str, routing_key: str, body: Body, properties: Properties | None
@@ -1425,52 +1508,6 @@ class Connection:
             return body, encode_properties(properties, persistent)
         raise TypeError(f"properties must be leveret.Properties, got {type(properties).__name__}")
 
-    def _start_publish(
-        self,
-        body: Body,
-        *,
-        routing_key: str = "",
-        exchange: str = "",
-        properties: Properties | None = None,
-        persistent: bool = False,
-        mandatory: bool = False,
-        timeout: float | None = None,
-    ) -> asyncio.Future[None] | None:
-        """`publish()` without a coroutine, for callers from other threads.
-
-        Sends at once and returns the future of the confirm, or returns None
-        when `publish()` would have to wait first (no publish channel yet, a
-        reconnect, a blocked broker, a full window): the caller then awaits
-        `publish()`. Raises what `publish()` raises before sending.
-        """
-        if self._telemetry is not None:
-            return None  # publish() wraps the send in its span
-        exchange_bytes = self._encoded_name(exchange, "exchange name")
-        routing_key_bytes = self._encoded_name(routing_key, "routing key")
-        body, properties_bytes = self._message_bytes(body, properties, persistent)
-        if timeout is None:
-            timeout = self.publish_timeout
-        elif not timeout > 0:
-            raise ValueError(f"timeout must be positive seconds, got {timeout!r}")
-        if self._error is not None or self._closing:
-            self._check_usable()
-        target = self._publisher if self._separate_publisher else self
-        if target is None:
-            return None
-        future = target._send_at_once(
-            exchange,
-            exchange_bytes,
-            routing_key,
-            routing_key_bytes,
-            body,
-            properties_bytes,
-            mandatory,
-            timeout,
-        )
-        if future is not None:
-            future.add_done_callback(target._publish_settled)
-        return future
-
     def _send_at_once(
         self,
         exchange: str,
@@ -1481,11 +1518,11 @@ class Connection:
         properties_bytes: bytes,
         mandatory: bool,
         timeout: float | None,
-    ) -> asyncio.Future[None] | None:
+    ) -> PublishFuture | None:
         """The fast path: send now if nothing needs waiting for, and return the confirm's future.
 
         None when there is no publish channel yet, the link is down or paused, the
-        broker blocks publishing or the window is full: `_publish_when_possible` then.
+        broker blocks publishing or the window is full: `_publish_later` then.
         The publish counts as in flight until the caller calls `_publish_settled`.
         """
         channel = self._publish_channels.get(exchange)
@@ -1498,7 +1535,7 @@ class Connection:
             or self._in_flight >= self.max_in_flight
         ):
             return None
-        future: asyncio.Future[None] = self._loop.create_future()
+        future = PublishFuture(loop=self._loop)
         record = Outgoing(
             future,
             exchange,
@@ -1537,44 +1574,6 @@ class Connection:
             if properties is None or properties.timestamp is None:
                 changes["timestamp"] = datetime.datetime.now(datetime.UTC)
         return changes
-
-    async def _publish_when_possible(
-        self,
-        exchange: str,
-        exchange_bytes: bytes,
-        routing_key: str,
-        routing_key_bytes: bytes,
-        body: bytes,
-        properties_bytes: bytes,
-        mandatory: bool,
-        timeout: float | None,
-    ) -> None:
-        """The slow path: wait (bounded by the deadline) until the publish can be sent."""
-        deadline = None if timeout is None else self._loop.time() + timeout
-        future: asyncio.Future[None] = self._loop.create_future()
-        record = Outgoing(
-            future,
-            exchange,
-            exchange_bytes,
-            routing_key,
-            routing_key_bytes,
-            body,
-            properties_bytes,
-            mandatory,
-        )
-        try:
-            async with asyncio.timeout_at(deadline):
-                await self._send_when_possible(record)
-        except TimeoutError:
-            raise PublishTimeout(
-                f"publish to exchange {exchange!r} with routing key {routing_key!r} not "
-                f"sent within {timeout}s ({self._waiting_for()})"
-            ) from None
-        self._sent(record, deadline)
-        try:
-            await future
-        finally:
-            self._publish_settled()
 
     def _wake_window_waiter(self) -> None:
         while self._window_waiters and self._in_flight < self.max_in_flight:
@@ -2069,8 +2068,7 @@ class Connection:
                 for channel in self._publish_channels.values()
                 for record in channel.confirms.values()
             ]
-            if pending:
-                await asyncio.wait(pending, timeout=self.drain_timeout)
+            await wait_settled(pending, self.drain_timeout)
             try:
                 async with asyncio.timeout(self.close_timeout):
                     if self._link_error is None:
@@ -2113,6 +2111,10 @@ class Connection:
             else "reconnecting"
         )
         return f"<leveret.Connection {self.params.display()} {state}>"
+
+
+def _cancel_unless_done(task: asyncio.Task[None], _future: object) -> None:
+    task.cancel()  # a no-op once the task has sent: the caller only stopped waiting
 
 
 def _check_name(value: str, what: str) -> None:

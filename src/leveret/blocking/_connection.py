@@ -10,7 +10,7 @@ import ssl as ssl_module
 import threading
 import weakref
 from collections import deque
-from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -422,14 +422,10 @@ class Connection:
         if connection._telemetry is not None:
             # A task started from this thread runs in a copy of its context: the
             # current span (e.g. a handler's) becomes the publish span's parent.
-            self._call(connection.publish(body, **options), "publish()")
+            self._call(_publish_awaited(connection, body, options), "publish()")
             return
         self._portal.wait(
-            self._portal.start(
-                lambda: connection._start_publish(body, **options),
-                lambda: connection.publish(body, **options),
-                "publish()",
-            )
+            self._portal.start(lambda: connection.publish(body, **options), "publish()")
         )
 
     def publish_many(
@@ -792,12 +788,17 @@ def _batches(
         yield batch, None
 
 
+async def _publish_awaited(connection: aio.Connection, body: Body, options: dict[str, Any]) -> None:
+    """A publish started in the I/O thread, by a task carrying the calling thread's context."""
+    await connection.publish(body, **options)
+
+
 async def _publish_batch(
-    publish: Callable[..., Coroutine[Any, Any, None]], batch: list[tuple[Body, dict[str, Any]]]
+    publish: Callable[..., Awaitable[None]], batch: list[tuple[Body, dict[str, Any]]]
 ) -> list[BaseException | None]:
     """In the I/O thread: start every publish of the slice, then wait for every outcome."""
-    tasks = [asyncio.ensure_future(publish(body, **options)) for body, options in batch]
-    outcomes: list[BaseException | None] = await asyncio.gather(*tasks, return_exceptions=True)
+    futures = [publish(body, **options) for body, options in batch]
+    outcomes: list[BaseException | None] = await asyncio.gather(*futures, return_exceptions=True)
     return outcomes
 
 

@@ -243,16 +243,14 @@ class Portal:
 
     def start(
         self,
-        begin: Callable[[], asyncio.Future[T] | None],
-        fallback: Callable[[], Coroutine[Any, Any, T]],
+        begin: Callable[[], asyncio.Future[T]],
         what: str = "a blocking call",
     ) -> concurrent.futures.Future[T]:
         """Run `begin` on the loop; its future's outcome arrives in the returned future.
 
-        `begin` must not block: it starts the work and returns a future, or
-        None when the work has to wait, and then `fallback()` runs as a task.
-        No task and no wakeup of its own for the common case: what a blocking
-        publish costs is mostly this handoff.
+        `begin` must not block: it starts the work and returns its future (as
+        `Connection.publish` does). No task and no wakeup of its own for the
+        common case: what a blocking publish costs is mostly this handoff.
         """
         self._check_caller(what)
         result: concurrent.futures.Future[T] = concurrent.futures.Future()
@@ -262,8 +260,6 @@ class Portal:
                 return
             try:
                 future = begin()
-                if future is None:
-                    future = asyncio.ensure_future(fallback())
             except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
                 result.set_exception(exc)
                 return

@@ -1,0 +1,95 @@
+"""`publish()` sends when called and returns the confirm's future: no task per publish."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+import leveret
+from leveret.aio._publish_future import PublishFuture
+
+from ._pipeline import until
+
+pytestmark = pytest.mark.integration
+
+
+async def _bodies(conn: leveret.Connection, queue: str) -> list[bytes]:
+    bodies = []
+    while (message := await conn.get(queue, no_ack=True)) is not None:
+        bodies.append(message.body)
+    return bodies
+
+
+async def test_publish_returns_a_future_that_tasks_and_gather_take(
+    conn: leveret.Connection, queue_name: str
+) -> None:
+    await conn.declare_queue(queue_name)
+    future = conn.publish(b"future", routing_key=queue_name)
+    assert isinstance(future, PublishFuture)
+    assert asyncio.ensure_future(future) is future
+    assert await future is None
+    await asyncio.create_task(conn.publish(b"task", routing_key=queue_name))
+    async with asyncio.TaskGroup() as group:
+        group.create_task(conn.publish(b"group", routing_key=queue_name))
+    await asyncio.gather(*(conn.publish(b"gather", routing_key=queue_name) for _ in range(3)))
+    assert await _bodies(conn, queue_name) == [b"future", b"task", b"group"] + [b"gather"] * 3
+    await conn.delete_queue(queue_name)
+
+
+async def test_bad_input_fails_where_it_is_awaited_and_sends_nothing(
+    conn: leveret.Connection, queue_name: str
+) -> None:
+    await conn.declare_queue(queue_name)
+    bad_body = conn.publish(object(), routing_key=queue_name)
+    bad_timeout = conn.publish(b"x", routing_key=queue_name, timeout=0)
+    too_long = conn.publish(b"x", routing_key="k" * 300)
+    with pytest.raises(TypeError, match="object"):
+        await bad_body
+    with pytest.raises(ValueError, match="timeout must be positive seconds, got 0"):
+        await bad_timeout
+    with pytest.raises(ValueError, match="routing key"):
+        await too_long
+    await conn.publish(b"good", routing_key=queue_name)
+    assert await _bodies(conn, queue_name) == [b"good"]
+    await conn.delete_queue(queue_name)
+
+
+async def test_publishes_started_together_arrive_in_order_through_a_small_window(
+    rabbitmq_url: str, queue_name: str
+) -> None:
+    """With max_in_flight=3 most publishes wait on the slow path; none overtakes another."""
+    async with leveret.connect(rabbitmq_url, max_in_flight=3) as conn:
+        await conn.declare_queue(queue_name)
+        futures = [conn.publish(b"%d" % i, routing_key=queue_name) for i in range(300)]
+        assert conn._publishes_waiting > 0  # the slow path really was taken
+        await asyncio.gather(*futures)
+        assert await _bodies(conn, queue_name) == [b"%d" % i for i in range(300)]
+        assert conn._publishes_waiting == 0
+        await until(lambda: not conn._publishing_tasks)
+        await conn.delete_queue(queue_name)
+
+
+async def test_cancelling_a_waiting_publish_sends_nothing_and_frees_its_task(
+    rabbitmq_url: str, queue_name: str
+) -> None:
+    async with leveret.connect(rabbitmq_url, max_in_flight=1) as conn:
+        await conn.declare_queue(queue_name)
+        sent = conn.publish(b"sent", routing_key=queue_name)
+        waiting = conn.publish(b"waiting", routing_key=queue_name)  # the window is full
+        await asyncio.sleep(0)  # its task starts waiting for the window
+        waiting.cancel()
+        await sent
+        await until(lambda: not conn._publishing_tasks)
+        assert conn._publishes_waiting == 0
+        await conn.publish(b"after", routing_key=queue_name)
+        assert await _bodies(conn, queue_name) == [b"sent", b"after"]
+        await conn.delete_queue(queue_name)
+
+
+async def test_a_publish_on_a_closed_connection_fails_where_awaited(rabbitmq_url: str) -> None:
+    conn = await leveret.connect(rabbitmq_url)
+    await conn.close()
+    future = conn.publish(b"late", routing_key="anywhere")
+    with pytest.raises(leveret.ConnectionClosedByClient):
+        await future
