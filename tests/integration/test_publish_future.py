@@ -66,6 +66,7 @@ async def test_publishes_started_together_arrive_in_order_through_a_small_window
         await asyncio.gather(*futures)
         assert await _bodies(conn, queue_name) == [b"%d" % i for i in range(300)]
         assert conn._publishes_waiting == 0
+        assert conn._in_flight == 0
         await until(lambda: not conn._publishing_tasks)
         await conn.delete_queue(queue_name)
 
@@ -83,6 +84,7 @@ async def test_cancelling_a_waiting_publish_sends_nothing_and_frees_its_task(
         await until(lambda: not conn._publishing_tasks)
         assert conn._publishes_waiting == 0
         await conn.publish(b"after", routing_key=queue_name)
+        assert conn._in_flight == 0
         assert await _bodies(conn, queue_name) == [b"sent", b"after"]
         await conn.delete_queue(queue_name)
 
@@ -93,3 +95,24 @@ async def test_a_publish_on_a_closed_connection_fails_where_awaited(rabbitmq_url
     future = conn.publish(b"late", routing_key="anywhere")
     with pytest.raises(leveret.ConnectionClosedByClient):
         await future
+
+
+async def test_the_window_frees_the_slots_of_failed_and_abandoned_publishes(
+    rabbitmq_url: str, queue_name: str
+) -> None:
+    """Slots are counted per message on the books: none may leak, or publishing would stall."""
+    async with leveret.connect(rabbitmq_url, max_in_flight=4) as conn:
+        await conn.declare_queue(queue_name)
+        missing = conn.publish(b"x", exchange=f"{queue_name}.missing")
+        with pytest.raises(leveret.NotFound):
+            await missing
+        await conn.publish(b"first", routing_key=queue_name)  # opens the publish channel
+        abandoned = [conn.publish(b"abandoned", routing_key=queue_name) for _ in range(4)]
+        for future in abandoned:
+            future.cancel()  # the callers stop waiting; the messages were sent
+        await asyncio.gather(*(conn.publish(b"%d" % i, routing_key=queue_name) for i in range(40)))
+        assert conn._in_flight == 0
+        assert await _bodies(conn, queue_name) == [b"first"] + [b"abandoned"] * 4 + [
+            b"%d" % i for i in range(40)
+        ]
+        await conn.delete_queue(queue_name)

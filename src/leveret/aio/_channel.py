@@ -77,6 +77,7 @@ class ChannelHandle:
         "gone",
         "id",
         "on_return",
+        "on_settled",
         "opened",
         "republish",
         "returns",
@@ -102,6 +103,9 @@ class ChannelHandle:
         self.consumer: Consumer | None = None
         # A publishing channel: its unconfirmed publishes survive a lost connection.
         self.republish = False
+        # Told how many publishes left the books (answered, or failed with the channel):
+        # the connection's window of unconfirmed publishes counts records, not callers.
+        self.on_settled: Callable[[int], None] | None = None
 
     # -- confirms --------------------------------------------------------------------
 
@@ -118,11 +122,12 @@ class ChannelHandle:
             tags = (delivery_tag,)
         returned = self._match_returns(tags) if self.returns else None
         pop = confirms.pop
-        confirmed = 0
+        confirmed = finished = 0
         for tag in tags:
             record = pop(tag, None)
             if record is None:
                 continue
+            finished += 1
             future = record.future
             if future.done():
                 continue
@@ -150,6 +155,8 @@ class ChannelHandle:
         self.confirm_low = low
         if self.returns and not any(r.mandatory for r in confirms.values()):
             self.returns.clear()  # no mandatory publish is left to claim them
+        if finished and self.on_settled is not None:
+            self.on_settled(finished)
 
     def _match_returns(self, tags: range | tuple[int]) -> dict[int, MessageReturned]:
         # The broker sends basic.return just before the confirm of the same
@@ -213,6 +220,8 @@ class ChannelHandle:
         for record in confirms.values():
             if not record.future.done():
                 record.future.set_exception(exc)
+        if confirms and self.on_settled is not None:
+            self.on_settled(len(confirms))
         self.returns.clear()
         consumer, self.consumer = self.consumer, None
         if consumer is not None:

@@ -715,6 +715,8 @@ class Connection:
         for record in records:
             if not record.future.done():
                 record.future.set_exception(exc)
+        if records:
+            self._records_settled(len(records))
         for consumer in list(self._active_consumers):
             consumer.channel_failed(exc)
         self._deadlines.cancel()
@@ -851,11 +853,13 @@ class Connection:
         while self._republish:
             record = self._republish.popleft()
             if record.future.done():
+                self._records_settled(1)  # its caller gave up: not sent again
                 continue
             try:
                 channel = await self._publish_channel(record.exchange)
             except ChannelClosedByServer as exc:
                 record.future.set_exception(exc)
+                self._records_settled(1)
                 continue
             except BaseException:
                 self._republish.appendleft(record)
@@ -1380,7 +1384,6 @@ class Connection:
                         timeout,
                     )
                     if future is not None:
-                        future.add_done_callback(target._publish_settled)
                         return future
         except Exception as exc:  # noqa: BLE001 - raised where the caller awaits
             failed = PublishFuture(loop=self._loop)
@@ -1459,7 +1462,6 @@ class Connection:
             self._end_traced(traced, future)
             return
         target._sent(record, deadline)
-        future.add_done_callback(target._publish_settled)
         if traced is not None:
             future.add_done_callback(functools.partial(self._end_traced, traced))
 
@@ -1523,7 +1525,7 @@ class Connection:
 
         None when there is no publish channel yet, the link is down or paused, the
         broker blocks publishing or the window is full: `_publish_later` then.
-        The publish counts as in flight until the caller calls `_publish_settled`.
+        The publish counts as in flight until the broker answers it or its channel fails.
         """
         channel = self._publish_channels.get(exchange)
         if (
@@ -1556,8 +1558,13 @@ class Connection:
         self._in_flight += 1
         self._stats.published += 1
 
-    def _publish_settled(self, _future: object = None) -> None:
-        self._in_flight -= 1
+    def _records_settled(self, count: int) -> None:
+        """`count` sent publishes left the books: their slots in the window are free.
+
+        Counted per record, not per caller: a publish whose caller stopped waiting
+        (cancelled, timed out) still holds its slot, and its memory, until answered.
+        """
+        self._in_flight -= count
         if self._window_waiters:
             self._wake_window_waiter()
 
@@ -1721,6 +1728,7 @@ class Connection:
         link = self._link_id
         channel = await self._open_channel(recovering=True)
         channel.republish = True
+        channel.on_settled = self._records_settled
         await self._channel_call(channel, commands.Confirm.Select())
         if self._link_id != link or channel.closed is not None:
             raise (channel.closed or ConnectionLost("the connection dropped")).with_traceback(None)
