@@ -1354,8 +1354,11 @@ class Connection:
         gets a unique id and the current time.
         """
         try:
-            exchange_bytes = self._encoded_name(exchange, "exchange name")
-            routing_key_bytes = self._encoded_name(routing_key, "routing key")
+            names = self._name_cache
+            exchange_bytes = names.get(exchange) or self._encoded_name(exchange, "exchange name")
+            routing_key_bytes = names.get(routing_key) or self._encoded_name(
+                routing_key, "routing key"
+            )
             traced = None
             if self._telemetry is not None:
                 body, properties, traced = self._traced_message(
@@ -1537,6 +1540,10 @@ class Connection:
             or self._in_flight >= self.max_in_flight
         ):
             return None
+        # `_send` and `_sent`, inlined: this runs for every message.
+        seq = self._core.publish(
+            channel.id, exchange_bytes, routing_key_bytes, body, properties_bytes, mandatory
+        )
         future = PublishFuture(loop=self._loop)
         record = Outgoing(
             future,
@@ -1548,8 +1555,16 @@ class Connection:
             properties_bytes,
             mandatory,
         )
-        self._send(channel, record)
-        self._sent(record, None if timeout is None else self._loop.time() + timeout)
+        channel.confirms[seq] = record
+        channel.confirm_high = seq
+        if timeout is not None:
+            self._deadlines.watch(record, self._loop.time() + timeout)
+        self._in_flight += 1
+        self._stats.published += 1
+        if self._flush_scheduled:
+            self._pending_writes += 1
+        else:
+            self._schedule_flush()
         return future
 
     def _sent(self, record: Outgoing, deadline: float | None) -> None:

@@ -31,6 +31,7 @@ class Deadlines:
         self._heap: list[tuple[float, int, Outgoing]] = []
         self._order = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = float("inf")  # when the timer fires (infinity: no timer)
         self._compact_at = _COMPACT_AT
 
     def __len__(self) -> int:
@@ -51,18 +52,18 @@ class Deadlines:
             while heap and heap[0][2].future.done():
                 heapq.heappop(heap)
             heapq.heappush(heap, (deadline, next(self._order), record))
-        timer = self._timer
-        if timer is None:
+        if deadline < self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
             self._timer = self._loop.call_at(deadline, self._sweep)
-        elif timer.when() > deadline:
-            timer.cancel()
-            self._timer = self._loop.call_at(deadline, self._sweep)
+            self._timer_at = deadline
 
     def cancel(self) -> None:
         """Forget every deadline (the connection is over; its publishes failed already)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+            self._timer_at = float("inf")
         self._fifo.clear()
         self._heap.clear()
 
@@ -73,6 +74,7 @@ class Deadlines:
 
     def _sweep(self) -> None:
         self._timer = None
+        self._timer_at = float("inf")
         now = self._loop.time()
         fifo, heap = self._fifo, self._heap
         while fifo and (fifo[0].future.done() or fifo[0].deadline <= now):
@@ -87,4 +89,5 @@ class Deadlines:
         if heap:
             upcoming.append(heap[0][0])
         if upcoming:
-            self._timer = self._loop.call_at(min(upcoming), self._sweep)
+            self._timer_at = min(upcoming)
+            self._timer = self._loop.call_at(self._timer_at, self._sweep)
