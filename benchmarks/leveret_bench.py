@@ -1,15 +1,19 @@
 """leveret adapter for the shared benchmark harness (`../shared/bench/run.py`).
 
 Runs the harness's workloads through leveret's public API only:
-  publish_confirm   one task per `await conn.publish(...)`, at most --window in flight
+  publish_confirm   `asyncio.ensure_future(conn.publish(...))` per message, at most --window
+                    in flight, the same line as the aio_pika and aiormq anchors: publish()
+                    sends at once and returns its confirm's future, so no task is made
   publish_noconfirm skipped: leveret always waits for publisher confirms
   consume_ack       `async with conn.consume(q, prefetch=...)`, `async for`, `msg.ack()`
   rpc_latency       `conn.serve(q, handler)` on one connection, sequential
                     `await conn.call(q, body)` on another (direct reply-to; the
                     server's reply and ack go out together on the request's channel)
 
-Variants of publish_confirm for the blocking facade (`leveret:blocking_many`,
-`leveret:blocking_threads`), to set beside pika's BlockingConnection (`pika`):
+Variants of publish_confirm: `leveret:tasks`, a task per `await conn.publish(...)` (what a
+coroutine-returning publish costs callers who wrap each one in a task); and, for the
+blocking facade (`leveret:blocking_many`, `leveret:blocking_threads`), to set beside
+pika's BlockingConnection (`pika`):
   blocking_many     `conn.publish_many(bodies)` from a plain thread
   blocking_threads  16 threads, each a loop of `conn.publish(body)` on one shared connection
 
@@ -47,18 +51,27 @@ async def publish_confirm(args: Any) -> dict[str, Any]:
         window = asyncio.Semaphore(args.window)
         failures: list[BaseException] = []
 
-        def done(task: asyncio.Task[None]) -> None:
+        def done(task: asyncio.Future[None]) -> None:
             window.release()
             if not task.cancelled() and task.exception() is not None:
                 failures.append(task.exception())  # type: ignore[arg-type]
 
         publish = conn.publish
         queue = args.queue
+
+        async def in_a_task() -> None:
+            await publish(body, routing_key=queue)
+
         meter = Meter()
         meter.start()
-        for _ in range(args.n):
-            await window.acquire()
-            asyncio.ensure_future(publish(body, routing_key=queue)).add_done_callback(done)
+        if args.variant == "tasks":
+            for _ in range(args.n):
+                await window.acquire()
+                asyncio.ensure_future(in_a_task()).add_done_callback(done)
+        else:
+            for _ in range(args.n):
+                await window.acquire()
+                asyncio.ensure_future(publish(body, routing_key=queue)).add_done_callback(done)
         for _ in range(args.window):
             await window.acquire()
         meter.stop()
@@ -69,7 +82,12 @@ async def publish_confirm(args: Any) -> dict[str, Any]:
         "meter": meter,
         "verified": depth == args.n,
         "depth": depth,
-        "mode": f"task per await conn.publish(), semaphore window={args.window}",
+        "mode": (
+            f"task per await conn.publish(), semaphore window={args.window}"
+            if args.variant == "tasks"
+            else f"ensure_future(conn.publish()) per message (no task: publish() returns "
+            f"its confirm's future), semaphore window={args.window}"
+        ),
     }
 
 
@@ -122,7 +140,8 @@ async def rpc_latency(args: Any) -> dict[str, Any]:
         "meter": meter,
         "verified": ok,
         **latency_stats(samples),
-        "mode": "sequential conn.call() via direct reply-to; conn.serve() acks after a confirmed reply",
+        "mode": "sequential conn.call() via direct reply-to; conn.serve() sends the reply and "
+        "the request's ack in one write",
     }
 
 
@@ -177,7 +196,8 @@ def impl(args: Any) -> dict[str, Any]:
     if args.variant != "default":
         if args.workload != "publish_confirm":
             raise Skip(f"variant {args.variant} is for publish_confirm only")
-        return blocking_publish(args)
+        if args.variant.startswith("blocking"):
+            return blocking_publish(args)
     workloads = {
         "publish_confirm": publish_confirm,
         "consume_ack": consume_ack,
@@ -188,4 +208,8 @@ def impl(args: Any) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    sys.exit(run_main("leveret", impl, variants=("default", "blocking_many", "blocking_threads")))
+    sys.exit(
+        run_main(
+            "leveret", impl, variants=("default", "tasks", "blocking_many", "blocking_threads")
+        )
+    )

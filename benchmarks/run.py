@@ -31,8 +31,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_HARNESS = ROOT.parent / "shared" / "bench" / "run.py"
 PEERS = ["aio_pika", "aiormq", "pika", "pika_select"]
-BLOCKING = ["leveret:blocking_many", "leveret:blocking_threads"]  # publish_confirm only
-CLIENTS = ["leveret", *BLOCKING, *PEERS, "raw_limit"]
+VARIANTS = ["leveret:tasks", "leveret:blocking_many", "leveret:blocking_threads"]  # publish only
+BLOCKING = ["leveret:blocking_many", "leveret:blocking_threads"]
+CLIENTS = ["leveret", *VARIANTS, *PEERS, "raw_limit"]
 WORKLOADS = ["publish_confirm", "consume_ack", "rpc_latency"]
 BENCH_PACKAGES = ["aio-pika", "aiormq", "pika", "matplotlib"]
 BENCH_IMPORTS = "import aio_pika, aiormq, pika, matplotlib"
@@ -222,7 +223,7 @@ def workload_table(
     lines = [head, "|---" * (head.count("|") - 1) + "|"]
     for client in clients:
         cell = cells.get((client, workload))
-        if cell is None or (client in BLOCKING and cell.get("skipped")):
+        if cell is None or (client in VARIANTS and cell.get("skipped")):
             continue
         name = f"**{client}**" if client == "leveret" else client
         why = _status(cell)
@@ -259,7 +260,7 @@ def headline(
     peers = [
         (cells[(c, workload)].get(key), c)
         for c in clients
-        if c not in ("leveret", RAW, *BLOCKING) and (c, workload) in cells
+        if c not in ("leveret", RAW, *VARIANTS) and (c, workload) in cells
     ]
     peers = [(v, c) for v, c in peers if v is not None]
     if ours is None:
@@ -501,7 +502,7 @@ def plot(data: dict[str, Any], path: str) -> None:
                 c
                 for c in clients
                 if cells.get((c, workload), {}).get(key) is not None
-                and not (c in BLOCKING and workload != "publish_confirm")
+                and not (c in VARIANTS and workload != "publish_confirm")
             ]
             values = [cells[(c, workload)][key] for c in names]
             colours = [

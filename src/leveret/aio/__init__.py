@@ -6,6 +6,7 @@ from leveret.aio._connection import Connection, QueueInfo
 from leveret.aio._consumer import Consumer
 from leveret.aio._listening import Listening
 from leveret.aio._message import Message
+from leveret.aio._publish_future import PublishFuture
 from leveret.aio._retry import Retry
 from leveret.aio._state_changes import StateChange, StateChanges
 from leveret.aio._stats import ConnectionStats
@@ -18,6 +19,7 @@ __all__ = [
     "Consumer",
     "Listening",
     "Message",
+    "PublishFuture",
     "QueueInfo",
     "Retry",
     "StateChange",

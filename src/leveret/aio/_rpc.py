@@ -188,17 +188,19 @@ class RpcClient:
         connection._check_usable()
         if channel.closed is not None:
             raise channel.closed.with_traceback(None)
+        # Sent first, book-kept after: the reply cannot arrive before this task
+        # awaits, and the request is on its way sooner (a round trip is latency).
+        connection._core.publish(
+            channel.id, exchange_bytes, routing_key_bytes, body, properties_bytes, True
+        )
+        connection._stats.published += 1
+        connection._schedule_flush()
         reply: asyncio.Future[Message] = loop.create_future()
         self._pending[correlation_id] = reply
         # One timer handle, not a timeout scope: the scope's task cancellation is
         # the costlier part of every call, and only an expiry needs it.
         timer = loop.call_at(deadline, self._expire, reply, routing_key, timeout, correlation_id)
         try:
-            connection._core.publish(
-                channel.id, exchange_bytes, routing_key_bytes, body, properties_bytes, True
-            )
-            connection._stats.published += 1
-            connection._schedule_flush()
             message = await reply
         finally:
             timer.cancel()
