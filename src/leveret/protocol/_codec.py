@@ -438,10 +438,38 @@ def decode_properties(data: bytes) -> Properties:
         raise RemoteProtocolError(f"malformed content header properties: {exc}", 502) from exc
 
 
+_SHORTSTR_AFTER_PRIORITY = (
+    (_FLAG_CORRELATION_ID, "correlation_id"),
+    (_FLAG_REPLY_TO, "reply_to"),
+    (_FLAG_EXPIRATION, "expiration"),
+    (_FLAG_MESSAGE_ID, "message_id"),
+)
+_AFTER_TIMESTAMP = _FLAG_TYPE | _FLAG_USER_ID | _FLAG_APP_ID | _FLAG_CLUSTER_ID
+_SHORTSTR_AFTER_TIMESTAMP = (
+    (_FLAG_TYPE, "message_type"),
+    (_FLAG_USER_ID, "user_id"),
+    (_FLAG_APP_ID, "app_id"),
+    (_FLAG_CLUSTER_ID, "cluster_id"),
+)
+_timestamps: dict[int, datetime.datetime] = {}  # seconds -> datetime: a stream repeats them
+
+
+def _timestamp(seconds: int) -> datetime.datetime:
+    value = _timestamps.get(seconds)
+    if value is None:
+        if len(_timestamps) >= 64:
+            _timestamps.clear()
+        value = _timestamps[seconds] = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+    return value
+
+
 def _decode_properties(data: bytes) -> Properties:
+    # Every delivery (and every RPC reply) comes through here: no closures, no dict of
+    # values, one slice per string.
     (flags,) = _U16.unpack_from(data, 0)
+    properties = Properties()
     if not flags:
-        return Properties()
+        return properties
     pos = 2
     if flags & 1:  # continuation flag words: no 0-9-1 property uses them; skip over.
         while True:
@@ -449,56 +477,52 @@ def _decode_properties(data: bytes) -> Properties:
             pos += 2
             if not more & 1:
                 break
-    values: dict[str, Any] = {}
-
-    def shortstr() -> str:
-        nonlocal pos
-        length = data[pos]
-        end = pos + 1 + length
-        if end > len(data):
-            raise ValueError("short string runs past the end of the header")
-        value = _decode_str(bytes(data[pos + 1 : end]))
-        pos = end
-        return value
-
+    size = len(data)
     if flags & _FLAG_CONTENT_TYPE:
-        values["content_type"] = shortstr()
+        end = pos + 1 + data[pos]
+        if end > size:
+            raise ValueError("short string runs past the end of the header")
+        properties.content_type = _decode_str(data[pos + 1 : end])
+        pos = end
     if flags & _FLAG_CONTENT_ENCODING:
-        values["content_encoding"] = shortstr()
+        end = pos + 1 + data[pos]
+        if end > size:
+            raise ValueError("short string runs past the end of the header")
+        properties.content_encoding = _decode_str(data[pos + 1 : end])
+        pos = end
     if flags & _FLAG_HEADERS:
-        (size,) = _U32.unpack_from(data, pos)
-        end = pos + 4 + size
-        if end > len(data):
+        (length,) = _U32.unpack_from(data, pos)
+        end = pos + 4 + length
+        if end > size:
             raise ValueError("headers table runs past the end of the header")
-        values["headers"] = decode_table(bytes(data[pos:end]))
+        properties.headers = decode_table(data[pos:end])
         pos = end
     if flags & _FLAG_DELIVERY_MODE:
-        values["delivery_mode"] = data[pos]
+        properties.delivery_mode = data[pos]
         pos += 1
     if flags & _FLAG_PRIORITY:
-        values["priority"] = data[pos]
+        properties.priority = data[pos]
         pos += 1
-    if flags & _FLAG_CORRELATION_ID:
-        values["correlation_id"] = shortstr()
-    if flags & _FLAG_REPLY_TO:
-        values["reply_to"] = shortstr()
-    if flags & _FLAG_EXPIRATION:
-        values["expiration"] = shortstr()
-    if flags & _FLAG_MESSAGE_ID:
-        values["message_id"] = shortstr()
+    for flag, name in _SHORTSTR_AFTER_PRIORITY:
+        if flags & flag:
+            end = pos + 1 + data[pos]
+            if end > size:
+                raise ValueError("short string runs past the end of the header")
+            setattr(properties, name, _decode_str(data[pos + 1 : end]))
+            pos = end
     if flags & _FLAG_TIMESTAMP:
         (seconds,) = _U64.unpack_from(data, pos)
         pos += 8
-        values["timestamp"] = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
-    if flags & _FLAG_TYPE:
-        values["message_type"] = shortstr()
-    if flags & _FLAG_USER_ID:
-        values["user_id"] = shortstr()
-    if flags & _FLAG_APP_ID:
-        values["app_id"] = shortstr()
-    if flags & _FLAG_CLUSTER_ID:
-        values["cluster_id"] = shortstr()
-    return Properties(**values)
+        properties.timestamp = _timestamp(seconds)
+    if flags & _AFTER_TIMESTAMP:
+        for flag, name in _SHORTSTR_AFTER_TIMESTAMP:
+            if flags & flag:
+                end = pos + 1 + data[pos]
+                if end > size:
+                    raise ValueError("short string runs past the end of the header")
+                setattr(properties, name, _decode_str(data[pos + 1 : end]))
+                pos = end
+    return properties
 
 
 # -- frames out --------------------------------------------------------------------
