@@ -546,7 +546,12 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--n", type=int, default=20000, help="messages per publish/consume run")
+    parser.add_argument(
+        "--n",
+        type=int,
+        default=50000,
+        help="messages per publish/consume run (the harness default)",
+    )
     parser.add_argument("--rpc-calls", type=int, default=3000)
     parser.add_argument("--repeat", type=int, default=3, help="runs per cell (the median is kept)")
     parser.add_argument(

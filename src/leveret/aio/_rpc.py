@@ -43,7 +43,7 @@ from leveret.exceptions import (
     RPCTimeout,
 )
 from leveret.protocol import Delivery, Returned
-from leveret.protocol._codec import encode_properties, encode_shortstr, rpc_properties
+from leveret.protocol._codec import encode_properties, rpc_properties
 
 if TYPE_CHECKING:
     from leveret.aio._channel import ChannelHandle
@@ -378,7 +378,7 @@ class RpcServer:
                     reply_props = reply_props.replace(**changes)
                 properties_bytes = encode_properties(reply_props)
             sent = request.reply_and_ack(
-                encode_shortstr(props.reply_to, "reply_to"), body, properties_bytes
+                connection._encoded_name(props.reply_to, "reply_to"), body, properties_bytes
             )
         except ValueError as exc:
             if telemetry is not None and traced is not None:
