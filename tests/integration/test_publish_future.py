@@ -116,3 +116,32 @@ async def test_the_window_frees_the_slots_of_failed_and_abandoned_publishes(
             b"%d" % i for i in range(40)
         ]
         await conn.delete_queue(queue_name)
+
+
+async def test_an_abandoned_unconfirmed_publish_frees_its_slot_at_recovery(
+    rabbitmq_url: str, queue_name: str
+) -> None:
+    """Sent, unconfirmed, given up by its caller, then the link drops: not re-sent, slot freed."""
+    from urllib.parse import urlsplit
+
+    from leveret.testing import FaultProxy
+
+    url = urlsplit(rabbitmq_url)
+    assert url.hostname is not None
+    assert url.port is not None
+    async with FaultProxy(url.hostname, url.port) as proxy:
+        backoff = leveret.Backoff(initial=0.05, maximum=0.2)
+        async with leveret.connect(proxy.url_for(rabbitmq_url), backoff=backoff) as conn:
+            await conn.declare_queue(queue_name, durable=True)
+            await conn.publish(b"first", routing_key=queue_name)
+            proxy.blackhole()
+            abandoned = conn.publish(b"abandoned", routing_key=queue_name)
+            assert conn._in_flight == 1  # sent (into the black hole), not confirmed
+            abandoned.cancel()
+            assert conn._in_flight == 1  # still on the books until the link says otherwise
+            proxy.cut()
+            proxy.pass_through()
+            await conn.publish(b"last", routing_key=queue_name)  # confirmed after recovery
+            assert conn._in_flight == 0
+            assert await _bodies(conn, queue_name) == [b"first", b"last"]
+            await conn.delete_queue(queue_name)
