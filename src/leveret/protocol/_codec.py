@@ -561,6 +561,35 @@ def method_frame(channel: int, method: PamqpMethod) -> bytes:
     return FRAME_HEADER_STRUCT.pack(FRAME_METHOD, channel, len(payload)) + payload + FRAME_END_BYTE
 
 
+_CONTENT_HEADER = struct.Struct(">BHIHHQ")  # frame type, channel, size; class, weight, body size
+_END_THEN_BODY = struct.Struct(">BBHI")  # the header's frame end, then a body frame's header
+_publish_methods: dict[tuple[int, bytes, bytes, bool], bytes] = {}
+_PUBLISH_METHODS_LIMIT = 1024
+
+
+def _publish_method(
+    channel: int, exchange_bytes: bytes, routing_key_bytes: bytes, mandatory: bool
+) -> bytes:
+    """The basic.publish frame, whole: a publisher sends the same few over and over."""
+    key = (channel, exchange_bytes, routing_key_bytes, mandatory)
+    frame = _publish_methods.get(key)
+    if frame is None:
+        size = 4 + 2 + len(exchange_bytes) + len(routing_key_bytes) + 1
+        frame = b"".join(
+            (
+                FRAME_HEADER_STRUCT.pack(FRAME_METHOD, channel, size),
+                b"\x00\x3c\x00\x28\x00\x00",
+                exchange_bytes,
+                routing_key_bytes,
+                b"\x01\xce" if mandatory else b"\x00\xce",
+            )
+        )
+        if len(_publish_methods) >= _PUBLISH_METHODS_LIMIT:
+            _publish_methods.clear()
+        _publish_methods[key] = frame
+    return frame
+
+
 def publish_frames(
     channel: int,
     exchange_bytes: bytes,
@@ -573,28 +602,28 @@ def publish_frames(
     """basic.publish, its content header and as many body frames as frame_max needs.
 
     `exchange_bytes` and `routing_key_bytes` are already length-prefixed short
-    strings. Returns pieces for one `b"".join` by the caller (or writelines).
+    strings. Returns pieces for one `b"".join` by the caller (or writelines):
+    six for a body that fits one frame.
     """
-    method_payload_len = 4 + 2 + len(exchange_bytes) + len(routing_key_bytes) + 1
+    method = _publish_methods.get((channel, exchange_bytes, routing_key_bytes, mandatory))
+    if method is None:
+        method = _publish_method(channel, exchange_bytes, routing_key_bytes, mandatory)
     body_size = len(body)
-    header_payload_len = 12 + len(properties_bytes)
-    out = [
-        FRAME_HEADER_STRUCT.pack(FRAME_METHOD, channel, method_payload_len),
-        b"\x00\x3c\x00\x28\x00\x00",
-        exchange_bytes,
-        routing_key_bytes,
-        b"\x01\xce" if mandatory else b"\x00\xce",
-        FRAME_HEADER_STRUCT.pack(FRAME_HEADER, channel, header_payload_len),
-        _HEADER_PREFIX.pack(60, 0, body_size),
-        properties_bytes,
-        FRAME_END_BYTE,
-    ]
+    header = _CONTENT_HEADER.pack(
+        FRAME_HEADER, channel, 12 + len(properties_bytes), 60, 0, body_size
+    )
     if body_size <= max_body_frame:
         if body_size:
-            out.append(FRAME_HEADER_STRUCT.pack(FRAME_BODY, channel, body_size))
-            out.append(body)
-            out.append(FRAME_END_BYTE)
-        return out
+            return [
+                method,
+                header,
+                properties_bytes,
+                _END_THEN_BODY.pack(FRAME_END, FRAME_BODY, channel, body_size),
+                body,
+                FRAME_END_BYTE,
+            ]
+        return [method, header, properties_bytes, FRAME_END_BYTE]
+    out = [method, header, properties_bytes, FRAME_END_BYTE]
     view = memoryview(body)
     for start in range(0, body_size, max_body_frame):
         chunk = view[start : start + max_body_frame]
