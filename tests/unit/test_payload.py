@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import time
 
 import pydantic
 import pytest
@@ -17,6 +18,7 @@ from leveret._payload import (
     decode_model,
     encode_body,
     new_message_id,
+    stamp,
     timestamp_bytes,
 )
 from leveret.protocol._codec import (
@@ -144,6 +146,32 @@ def test_stamped_properties_are_byte_identical_to_encode_properties(
     )
     assert wire == encode_properties(expected)
     assert decode_properties(wire) == expected
+
+
+@pytest.mark.parametrize("content_type", [None, "application/json"])
+@pytest.mark.parametrize("persistent", [False, True])
+def test_stamp_is_stamped_properties_with_a_new_id_and_the_time(
+    content_type: str | None, persistent: bool
+) -> None:
+    prefix = stamp_prefix(content_type, persistent)
+    wires = [stamp(prefix) for _ in range(1000)]
+    decoded = [decode_properties(wire) for wire in wires]
+    ids = [properties.message_id for properties in decoded]
+    assert len(set(ids)) == 1000
+    for wire, properties in zip(wires, decoded, strict=True):
+        assert properties.message_id is not None
+        assert properties.timestamp is not None
+        same = stamped_properties(
+            prefix,
+            properties.message_id,
+            int(properties.timestamp.timestamp()).to_bytes(8, "big"),
+        )
+        assert wire == same
+        assert (properties.content_type, properties.delivery_mode) == (
+            content_type,
+            2 if persistent else None,
+        )
+    assert abs(decoded[-1].timestamp.timestamp() - time.time()) < 5  # type: ignore[union-attr]
 
 
 @given(

@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 from pamqp import commands
 from pamqp.base import Frame as PamqpMethod
 
-from leveret._payload import encode_body, new_message_id, timestamp_bytes
+from leveret._payload import encode_body, new_message_id, stamp
 from leveret._properties import Properties
 from leveret._queue_arguments import (
     Overflow,
@@ -122,7 +122,6 @@ from leveret.protocol._codec import (
     encode_shortstr,
     encode_table,
     stamp_prefix,
-    stamped_properties,
 )
 
 if TYPE_CHECKING:
@@ -1500,9 +1499,7 @@ class Connection:
             raise MessageTooLarge(len(body), self.max_message_size)
         if properties is None:
             if self.stamp_messages:
-                return body, stamped_properties(
-                    _stamp_prefix(content_type, persistent), new_message_id(), timestamp_bytes()
-                )
+                return body, stamp(_stamp_prefix(content_type, persistent))
             if content_type is not None:
                 return body, encode_properties(Properties(content_type=content_type), persistent)
             return body, PERSISTENT_PROPERTIES_BYTES if persistent else EMPTY_PROPERTIES_BYTES
