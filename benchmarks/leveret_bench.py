@@ -7,8 +7,11 @@ Runs the harness's workloads through leveret's public API only:
   publish_noconfirm skipped: leveret always waits for publisher confirms
   consume_ack       `async with conn.consume(q, prefetch=...)`, `async for`, `msg.ack()`
   rpc_latency       `conn.serve(q, handler)` on one connection, sequential
-                    `await conn.call(q, body)` on another (direct reply-to; the
-                    server's reply and ack go out together on the request's channel)
+                    `await conn.call(q, body, expire_unanswered=False)` on another
+                    (direct reply-to; the server's reply and ack go out together on
+                    the request's channel). The peers' requests carry no TTL; variant
+                    `leveret:expiring` keeps leveret's default, a TTL of the call's
+                    timeout on each request, which costs the broker per message
 
 Variants of publish_confirm: `leveret:tasks`, a task per `await conn.publish(...)` (what a
 coroutine-returning publish costs callers who wrap each one in a task); and, for the
@@ -120,19 +123,22 @@ async def rpc_latency(args: Any) -> dict[str, Any]:
     async def echo(message: leveret.Message) -> bytes:
         return message.body
 
+    # The peers' requests carry no TTL; leveret's carry the call's timeout as their
+    # expiration unless told otherwise (variant `expiring` measures that default).
+    expire = args.variant == "expiring"
     async with leveret.connect(args.url) as server, leveret.connect(args.url) as client:
         await server.declare_queue(args.queue)
         payload = body_of(args.size)
         async with server.serve(args.queue, echo, concurrency=10):
             for _ in range(args.warmup):
-                await client.call(args.queue, payload)
+                await client.call(args.queue, payload, expire_unanswered=expire)
             samples: list[int] = []
             ok = True
             meter = Meter()
             meter.start()
             for _ in range(args.n):
                 t0 = time.perf_counter_ns()
-                reply = await client.call(args.queue, payload)
+                reply = await client.call(args.queue, payload, expire_unanswered=expire)
                 samples.append(time.perf_counter_ns() - t0)
                 ok = ok and reply.body == payload
             meter.stop()
@@ -140,8 +146,13 @@ async def rpc_latency(args: Any) -> dict[str, Any]:
         "meter": meter,
         "verified": ok,
         **latency_stats(samples),
-        "mode": "sequential conn.call() via direct reply-to; conn.serve() sends the reply and "
-        "the request's ack in one write",
+        "mode": "sequential conn.call() via direct reply-to, "
+        + (
+            "requests expiring after the call's timeout (the default)"
+            if expire
+            else "expire_unanswered=False (no per-message TTL, like the peers)"
+        )
+        + "; conn.serve() sends the reply and the request's ack in one write",
     }
 
 
@@ -193,7 +204,10 @@ def blocking_publish(args: Any) -> dict[str, Any]:
 def impl(args: Any) -> dict[str, Any]:
     if args.workload == "publish_noconfirm":
         raise Skip("leveret always uses publisher confirms; there is no fire-and-forget publish")
-    if args.variant != "default":
+    if args.variant == "expiring":
+        if args.workload != "rpc_latency":
+            raise Skip("variant expiring is for rpc_latency only")
+    elif args.variant != "default":
         if args.workload != "publish_confirm":
             raise Skip(f"variant {args.variant} is for publish_confirm only")
         if args.variant.startswith("blocking"):
@@ -210,6 +224,8 @@ def impl(args: Any) -> dict[str, Any]:
 if __name__ == "__main__":
     sys.exit(
         run_main(
-            "leveret", impl, variants=("default", "tasks", "blocking_many", "blocking_threads")
+            "leveret",
+            impl,
+            variants=("default", "tasks", "blocking_many", "blocking_threads", "expiring"),
         )
     )

@@ -31,7 +31,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_HARNESS = ROOT.parent / "shared" / "bench" / "run.py"
 PEERS = ["aio_pika", "aiormq", "pika", "pika_select"]
-VARIANTS = ["leveret:tasks", "leveret:blocking_many", "leveret:blocking_threads"]  # publish only
+# leveret run another way (each on one workload, skipped on the others)
+VARIANTS = [
+    "leveret:tasks",
+    "leveret:blocking_many",
+    "leveret:blocking_threads",
+    "leveret:expiring",
+]
 BLOCKING = ["leveret:blocking_many", "leveret:blocking_threads"]
 CLIENTS = ["leveret", *VARIANTS, *PEERS, "raw_limit"]
 WORKLOADS = ["publish_confirm", "consume_ack", "rpc_latency"]
@@ -498,12 +504,7 @@ def plot(data: dict[str, Any], path: str) -> None:
         ]  # fmt: skip
         for row, (key, label) in enumerate(rows):
             axis = axes[row][column]
-            names = [
-                c
-                for c in clients
-                if cells.get((c, workload), {}).get(key) is not None
-                and not (c in VARIANTS and workload != "publish_confirm")
-            ]
+            names = [c for c in clients if cells.get((c, workload), {}).get(key) is not None]
             values = [cells[(c, workload)][key] for c in names]
             colours = [
                 "#d9480f" if c.startswith("leveret") else "#868e96" if c == RAW else "#4c6ef5"
