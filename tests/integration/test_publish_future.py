@@ -150,3 +150,32 @@ async def test_an_abandoned_unconfirmed_publish_frees_its_slot_at_recovery(
             assert _in_flight(conn) == 0
             assert await _bodies(conn, queue_name) == [b"first", b"last"]
             await conn.delete_queue(queue_name)
+
+
+async def test_a_sent_publish_without_a_confirm_times_out_at_its_deadline(
+    rabbitmq_url: str, queue_name: str
+) -> None:
+    """Sent into a black hole: the deadline sweep fails it, the longer one waits on."""
+    from urllib.parse import urlsplit
+
+    from leveret.testing import FaultProxy
+
+    url = urlsplit(rabbitmq_url)
+    assert url.hostname is not None
+    assert url.port is not None
+    async with FaultProxy(url.hostname, url.port) as proxy:
+        async with leveret.connect(proxy.url_for(rabbitmq_url), heartbeat=60) as conn:
+            await conn.declare_queue(queue_name)
+            await conn.publish(b"first", routing_key=queue_name)
+            proxy.blackhole()
+            patient = conn.publish(b"patient", routing_key=queue_name, timeout=30)
+            hasty = conn.publish(b"hasty", routing_key=queue_name, timeout=0.2)  # out of order
+            in_order = conn.publish(b"in order", routing_key=queue_name, timeout=40)
+            with pytest.raises(leveret.PublishTimeout, match="no confirm .* before its deadline"):
+                await hasty
+            assert not patient.done()
+            assert not in_order.done()
+            proxy.pass_through()
+            proxy.cut()
+            await asyncio.gather(patient, in_order)  # re-sent after the reconnect
+            await conn.delete_queue(queue_name)

@@ -14,6 +14,7 @@ the next one and their callers still get exactly one answer.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -62,7 +63,7 @@ class Outgoing:
         self.body = body
         self.properties = properties
         self.mandatory = mandatory
-        self.deadline = 0.0  # set by Deadlines.watch
+        self.deadline = math.inf  # set by Deadlines.watch
 
 
 class ChannelHandle:

@@ -136,6 +136,8 @@ ExchangeType = Literal["direct", "fanout", "topic", "headers"] | str
 Body = bytes | bytearray | memoryview | str | Any
 """bytes as they are; str as UTF-8 text; dicts, lists, numbers, dataclasses, models as JSON."""
 _stamp_prefix = functools.lru_cache(maxsize=64)(stamp_prefix)
+_STAMP_PLAIN = stamp_prefix(None, False)
+_STAMP_PERSISTENT = stamp_prefix(None, True)
 _M = TypeVar("_M", bound=PamqpMethod)
 DEFAULT_MAX_MESSAGE_SIZE = 128 * 1024 * 1024  # RabbitMQ 3.x's max_message_size
 _POOL_LIMIT = 32  # idle synchronous-operation channels kept open
@@ -237,7 +239,12 @@ class Connection:
         self._topology = Topology()
         self._active_consumers: dict[Consumer, None] = {}  # an ordered set
         self._republish: deque[Outgoing] = deque()
-        self._deadlines = Deadlines(self._loop, self._expire_publish)
+        self._deadlines = Deadlines(
+            self._loop,
+            self._expire_publish,
+            lambda: [channel.confirms.values() for channel in self._publish_channels.values()],
+            lambda: self._republish,
+        )
         self._rpc_client: RpcClient | None = None
         self._listeners: list[Callable[[str, BaseException | None], None]] = []
         self._state_streams: dict[StateChanges, None] = {}  # an ordered set
@@ -864,6 +871,7 @@ class Connection:
                 self._republish.appendleft(record)
                 raise
             self._send(channel, record)
+            self._deadlines.watch_anywhere(record)
 
     async def _replay(self, what: str, method: PamqpMethod) -> Any:
         """One recovery declaration; a broker refusal is reported and skipped, 405 retried."""
@@ -1363,7 +1371,16 @@ class Connection:
                 body, properties, traced = self._traced_message(
                     exchange, routing_key, body, properties
                 )
-            body, properties_bytes = self._message_bytes(body, properties, persistent)
+            if (
+                properties is None
+                and type(body) is bytes
+                and self.stamp_messages
+                and len(body) <= self.max_message_size
+            ):
+                # `_message_bytes` for the most common publish, without two calls.
+                properties_bytes = stamp(_STAMP_PERSISTENT if persistent else _STAMP_PLAIN)
+            else:
+                body, properties_bytes = self._message_bytes(body, properties, persistent)
             if timeout is None:
                 timeout = self.publish_timeout
             elif not timeout > 0:
