@@ -163,19 +163,19 @@ async def test_a_sent_publish_without_a_confirm_times_out_at_its_deadline(
     url = urlsplit(rabbitmq_url)
     assert url.hostname is not None
     assert url.port is not None
-    async with FaultProxy(url.hostname, url.port) as proxy:
-        async with leveret.connect(proxy.url_for(rabbitmq_url), heartbeat=60) as conn:
-            await conn.declare_queue(queue_name)
-            await conn.publish(b"first", routing_key=queue_name)
-            proxy.blackhole()
-            patient = conn.publish(b"patient", routing_key=queue_name, timeout=30)
-            hasty = conn.publish(b"hasty", routing_key=queue_name, timeout=0.2)  # out of order
-            in_order = conn.publish(b"in order", routing_key=queue_name, timeout=40)
-            with pytest.raises(leveret.PublishTimeout, match="no confirm .* before its deadline"):
-                await hasty
-            assert not patient.done()
-            assert not in_order.done()
-            proxy.pass_through()
-            proxy.cut()
-            await asyncio.gather(patient, in_order)  # re-sent after the reconnect
-            await conn.delete_queue(queue_name)
+    proxy = FaultProxy(url.hostname, url.port)
+    async with proxy, leveret.connect(proxy.url_for(rabbitmq_url), heartbeat=60) as conn:
+        await conn.declare_queue(queue_name)
+        await conn.publish(b"first", routing_key=queue_name)
+        proxy.blackhole()
+        patient = conn.publish(b"patient", routing_key=queue_name, timeout=30)
+        hasty = conn.publish(b"hasty", routing_key=queue_name, timeout=0.2)  # out of order
+        in_order = conn.publish(b"in order", routing_key=queue_name, timeout=40)
+        with pytest.raises(leveret.PublishTimeout, match=r"no confirm .* before its deadline"):
+            await hasty
+        assert not patient.done()
+        assert not in_order.done()
+        proxy.pass_through()
+        proxy.cut()
+        await asyncio.gather(patient, in_order)  # re-sent after the reconnect
+        await conn.delete_queue(queue_name)
