@@ -254,6 +254,9 @@ INTERRUPTED_SCRIPT = textwrap.dedent(
                     conn.call(queue, b"nobody answers", timeout=60)
                 elif where == "serve_forever":
                     conn.serve_forever(queue, lambda request: b"")
+                elif where == "publish":
+                    while True:
+                        conn.publish(b"x" * 1000, routing_key=queue)
                 elif where == "publish_many":
                     conn.publish_many(iter(lambda: b"x" * 1000, None), routing_key=queue)
             except KeyboardInterrupt:
@@ -296,7 +299,7 @@ def run_interrupted(
 
 
 @pytest.mark.parametrize("how", ["raise_signal", "interrupt_main", "kill"])
-@pytest.mark.parametrize("where", ["consume", "call", "serve_forever", "publish_many"])
+@pytest.mark.parametrize("where", ["consume", "call", "serve_forever", "publish", "publish_many"])
 def test_ctrl_c_during_a_blocking_wait_closes_cleanly(
     interrupted_script: Path, rabbitmq_url: str, queue_name: str, where: str, how: str
 ) -> None:

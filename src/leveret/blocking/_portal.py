@@ -2,7 +2,10 @@
 
 Every blocking call hands a coroutine to the loop thread with
 `asyncio.run_coroutine_threadsafe` and waits for its outcome, so heartbeats,
-acks and reconnection go on in the loop thread while the caller blocks.
+acks and reconnection go on in the loop thread while the caller blocks. The
+blocking publish, the hot path, takes a lighter way: `Portal.start` queues a
+job (one loop wakeup for all those queued meanwhile) and hands its outcome
+back through a `Handoff`, a lock and a slot instead of a future.
 
 Waits are interruptible: a real Ctrl-C interrupts the main thread's wait at
 once, and the main thread waits in short slices so that a SIGINT that landed
@@ -21,12 +24,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from leveret._loop import new_event_loop
 from leveret.exceptions import ConnectionClosedByClient
 
-__all__ = ["Portal"]
+__all__ = ["Handoff", "Portal"]
 
 log = logging.getLogger("leveret.blocking")
 
@@ -172,7 +175,9 @@ class Portal:
         """
         return self.wait(self.submit(coro, what), timeout)
 
-    def wait(self, future: concurrent.futures.Future[T], timeout: float | None = None) -> T:
+    def wait(
+        self, future: concurrent.futures.Future[T] | Handoff[T], timeout: float | None = None
+    ) -> T:
         """Wait for a future completed by the loop thread; interruptible; cancels it if abandoned."""
         try:
             deadline = None if timeout is None else time.monotonic() + timeout
@@ -204,7 +209,7 @@ class Portal:
                 self.cancel(future)
             raise
 
-    def cancel(self, future: concurrent.futures.Future[Any]) -> None:
+    def cancel(self, future: concurrent.futures.Future[Any] | Handoff[Any]) -> None:
         # Cancelling chains to the task through call_soon_threadsafe, which fails (and
         # would be logged with a traceback) once the loop is closed.
         if not self.loop.is_closed():
@@ -242,28 +247,26 @@ class Portal:
             return default
 
     def start(
-        self,
-        begin: Callable[[], asyncio.Future[T]],
-        what: str = "a blocking call",
-    ) -> concurrent.futures.Future[T]:
-        """Run `begin` on the loop; its future's outcome arrives in the returned future.
+        self, begin: Callable[[], asyncio.Future[T]], what: str = "a blocking call"
+    ) -> Handoff[T]:
+        """Run `begin` on the loop; its future's outcome arrives in the returned handoff.
 
         `begin` must not block: it starts the work and returns its future (as
         `Connection.publish` does). No task and no wakeup of its own for the
         common case: what a blocking publish costs is mostly this handoff.
         """
         self._check_caller(what)
-        result: concurrent.futures.Future[T] = concurrent.futures.Future()
+        handoff: Handoff[T] = Handoff()
 
         def job() -> None:
-            if not result.set_running_or_notify_cancel():
+            if handoff.abandoned:
                 return
             try:
                 future = begin()
             except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
-                result.set_exception(exc)
+                handoff.settle(None, exc)
                 return
-            future.add_done_callback(lambda done: _copy_outcome(done, result))
+            future.add_done_callback(handoff.copy_outcome)
 
         self._inbox.append(job)
         if not self._inbox_scheduled:
@@ -273,7 +276,7 @@ class Portal:
             except RuntimeError:
                 self._inbox_scheduled = False
                 raise ConnectionClosedByClient("the connection was closed by the client") from None
-        return result
+        return handoff
 
     def _drain_inbox(self) -> None:
         self._inbox_scheduled = False  # before popping: a job queued from now on schedules again
@@ -290,12 +293,64 @@ class Portal:
         return True
 
 
-def _copy_outcome(done: asyncio.Future[T], result: concurrent.futures.Future[T]) -> None:
-    if result.done():
-        return  # the waiting thread gave up (Ctrl-C) and cancelled it
-    if done.cancelled():
-        result.cancel()
-    elif (exc := done.exception()) is not None:
-        result.set_exception(exc)
-    else:
-        result.set_result(done.result())
+class Handoff(Generic[T]):
+    """The outcome of one job run by the loop thread, for the one thread that waits for it.
+
+    What `Portal.start` returns: lighter than a `concurrent.futures.Future`
+    (a Condition over an RLock, a fresh lock per wait, a callback list), as
+    the blocking publish pays for one per message. A slot for the outcome and
+    a lock, taken at creation, that the loop thread releases once the outcome
+    is in. `result`, `done` and `cancel` mean what they mean on the future,
+    so `Portal.wait` takes either.
+    """
+
+    __slots__ = ("_done", "_error", "_ready", "_value", "abandoned")
+
+    def __init__(self) -> None:
+        self._ready = threading.Lock()
+        self._ready.acquire()  # released by the loop thread: the outcome is in
+        self._done = False
+        self._value: T | None = None
+        self._error: BaseException | None = None  # or CancelledError: the work was cancelled
+        self.abandoned = False  # the waiter gave up (Ctrl-C, a timeout): the job must not start
+
+    # -- the loop thread ------------------------------------------------------------------
+
+    def settle(self, value: T | None, error: BaseException | None) -> None:
+        """Store the outcome (once) and wake the waiting thread."""
+        if self._done:
+            return
+        self._value = value
+        self._error = error
+        self._done = True
+        self._ready.release()
+
+    def copy_outcome(self, done: asyncio.Future[T]) -> None:
+        """A done callback: settle with the asyncio future's outcome."""
+        if done.cancelled():
+            self.settle(None, concurrent.futures.CancelledError())
+        elif (exc := done.exception()) is not None:
+            self.settle(None, exc)
+        else:
+            self.settle(done.result(), None)
+
+    # -- the waiting thread ---------------------------------------------------------------
+
+    def done(self) -> bool:
+        return self._done
+
+    def cancel(self) -> None:
+        """Keep the job from starting: once started (a publish sent), it runs its course."""
+        self.abandoned = True
+
+    def result(self, timeout: float | None = None) -> T:
+        """The outcome, raised or returned; TimeoutError if it is not in within `timeout` s."""
+        if not self._done and not self._ready.acquire(timeout=-1 if timeout is None else timeout):
+            raise TimeoutError
+        error = self._error
+        if error is not None:
+            try:
+                raise error
+            finally:
+                del self, error  # the traceback keeps this frame: no reference cycle through it
+        return self._value  # type: ignore[return-value]  # T, as no error was stored
