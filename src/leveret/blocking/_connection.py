@@ -424,9 +424,7 @@ class Connection:
             # current span (e.g. a handler's) becomes the publish span's parent.
             self._call(_publish_awaited(connection, body, options), "publish()")
             return
-        self._portal.wait(
-            self._portal.start(lambda: connection.publish(body, **options), "publish()")
-        )
+        self._portal.run(lambda: connection.publish(body, **options), "publish()")
 
     def publish_many(
         self,

@@ -3,9 +3,10 @@
 Every blocking call hands a coroutine to the loop thread with
 `asyncio.run_coroutine_threadsafe` and waits for its outcome, so heartbeats,
 acks and reconnection go on in the loop thread while the caller blocks. The
-blocking publish, the hot path, takes a lighter way: `Portal.start` queues a
-job (one loop wakeup for all those queued meanwhile) and hands its outcome
-back through a `Handoff`, a lock and a slot instead of a future.
+blocking publish, the hot path, takes a lighter way, `Portal.run`: a queued
+job (one loop wakeup for all those queued meanwhile) whose outcome comes back
+through a `Handoff` (a lock and a slot instead of a future), the waiting
+threads woken one at a time by a `Relay`.
 
 Waits are interruptible: a real Ctrl-C interrupts the main thread's wait at
 once, and the main thread waits in short slices so that a SIGINT that landed
@@ -29,7 +30,7 @@ from typing import Any, Generic, TypeVar
 from leveret._loop import new_event_loop
 from leveret.exceptions import ConnectionClosedByClient
 
-__all__ = ["Handoff", "Portal"]
+__all__ = ["Handoff", "Portal", "Relay"]
 
 log = logging.getLogger("leveret.blocking")
 
@@ -84,8 +85,9 @@ class Portal:
         self.loop = new_event_loop()  # uvloop's when installed
         self._stopped = False
         # Quick jobs from other threads: one wakeup of the loop for all those queued meanwhile.
-        self._inbox: deque[Callable[[], None]] = deque()
+        self._inbox: deque[Handoff[Any]] = deque()
         self._inbox_scheduled = False
+        self._relay = Relay()  # wakes the threads waiting in run(), one at a time
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -246,29 +248,26 @@ class Portal:
         except ConnectionClosedByClient:
             return default
 
-    def start(
-        self, begin: Callable[[], asyncio.Future[T]], what: str = "a blocking call"
-    ) -> Handoff[T]:
-        """Run `begin` on the loop; its future's outcome arrives in the returned handoff.
+    def run(self, begin: Callable[[], asyncio.Future[T]], what: str = "a blocking call") -> T:
+        """Run `begin` on the loop and wait for its future's outcome (raised here, as it would be there).
 
         `begin` must not block: it starts the work and returns its future (as
-        `Connection.publish` does). No task and no wakeup of its own for the
-        common case: what a blocking publish costs is mostly this handoff.
+        `Connection.publish` does). This is the blocking publish's way in,
+        lighter than `call`: no coroutine, no task, a `Handoff` instead of a
+        future, one loop wakeup for all the jobs queued meanwhile, and one
+        waiting thread woken at a time (see `Relay`).
         """
+        handoff = self.start(begin, what)
+        try:
+            return self.wait(handoff)
+        finally:
+            handoff.leave()
+
+    def start(self, begin: Callable[[], asyncio.Future[T]], what: str) -> Handoff[T]:
+        """Queue `begin` for the loop thread; `run` waits for the handoff, then leaves it."""
         self._check_caller(what)
-        handoff: Handoff[T] = Handoff()
-
-        def job() -> None:
-            if handoff.abandoned:
-                return
-            try:
-                future = begin()
-            except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
-                handoff.settle(None, exc)
-                return
-            future.add_done_callback(handoff.copy_outcome)
-
-        self._inbox.append(job)
+        handoff = Handoff(self._relay, begin)
+        self._inbox.append(handoff)
         if not self._inbox_scheduled:
             self._inbox_scheduled = True
             try:
@@ -282,7 +281,7 @@ class Portal:
         self._inbox_scheduled = False  # before popping: a job queued from now on schedules again
         inbox = self._inbox
         while inbox:
-            inbox.popleft()()
+            inbox.popleft().begin()
 
     def call_soon_threadsafe(self, function: Callable[..., object], *args: Any) -> bool:
         """Schedule `function(*args)` on the loop; False if the loop has closed."""
@@ -293,37 +292,120 @@ class Portal:
         return True
 
 
-class Handoff(Generic[T]):
-    """The outcome of one job run by the loop thread, for the one thread that waits for it.
+class Relay:
+    """Wakes the threads waiting in `Portal.run` one at a time: each woken one wakes the next.
 
-    What `Portal.start` returns: lighter than a `concurrent.futures.Future`
-    (a Condition over an RLock, a fresh lock per wait, a callback list), as
-    the blocking publish pays for one per message. A slot for the outcome and
-    a lock, taken at creation, that the loop thread releases once the outcome
-    is in. `result`, `done` and `cancel` mean what they mean on the future,
-    so `Portal.wait` takes either.
+    The loop thread settles handoffs in bursts (one confirm from the broker
+    can cover many publishes). Waking all their threads at once has them fight
+    for the GIL, held by the loop thread as it wakes them and then by each
+    other: a thread woken while another holds the GIL sleeps again, on the
+    GIL, and these extra sleeps and wakeups (futex calls, context switches)
+    cost more than the Python code they wait to run. So the loop thread wakes
+    the first thread, and each woken thread wakes the next one as its wait
+    ends (`Handoff.leave`), before it returns to its caller.
+
+    No lock, so that no thread can ever block another here (a Ctrl-C can land
+    anywhere in the main thread): deque operations and attribute stores are
+    atomic under the GIL, and every interleaving leaves either a thread awake
+    that will pump on its way out, or the queue empty. A rare race can wake
+    two threads at once, which costs only the contention this avoids. And
+    should a woken thread never leave, its successors still see their outcome
+    within one wait slice, and the first to do so moves on (`Handoff.leave`).
     """
 
-    __slots__ = ("_done", "_error", "_ready", "_value", "abandoned")
+    __slots__ = ("_awake", "_queue")
 
     def __init__(self) -> None:
+        self._queue: deque[Handoff[Any]] = deque()  # settled, their threads not woken yet
+        self._awake: Handoff[Any] | None = None  # the one woken last, until its thread leaves
+
+    def settled(self, handoff: Handoff[Any]) -> None:
+        """In the loop thread: the handoff's outcome is in; wake its thread now or in turn."""
+        self._queue.append(handoff)
+        self.pump()
+
+    def pump(self) -> None:
+        """Wake the next waiting thread, unless the one woken last has yet to leave."""
+        awake = self._awake
+        if awake is not None and not awake.left:
+            return
+        queue = self._queue
+        while queue:
+            try:
+                handoff = queue.popleft()
+            except IndexError:  # another thread emptied it meanwhile
+                break
+            if not handoff.left:
+                self._awake = handoff
+                handoff.wake()
+                return
+        self._awake = None
+
+    def unstick(self) -> None:
+        """Forget the thread woken last: it was too slow to leave (see `Handoff.leave`)."""
+        self._awake = None
+        self.pump()
+
+
+class Handoff(Generic[T]):
+    """One job for the loop thread (`begin`), and its outcome, for the one thread that waits.
+
+    What `Portal.start` queues and `Portal.run` waits for: lighter than a
+    `concurrent.futures.Future` (a Condition over an RLock, a fresh lock per
+    wait, a callback list), as the blocking publish pays for one per message.
+    A slot for the outcome and a lock, taken at creation, that the `Relay`
+    releases to wake the waiting thread once the outcome is in. `result`,
+    `done` and `cancel` mean what they mean on the future, so `Portal.wait`
+    takes either.
+    """
+
+    __slots__ = (
+        "_begin",
+        "_done",
+        "_error",
+        "_passed_over",
+        "_ready",
+        "_relay",
+        "_value",
+        "_woken",
+        "left",
+    )
+
+    def __init__(self, relay: Relay, begin: Callable[[], asyncio.Future[T]]) -> None:
+        self._relay = relay
+        self._begin: Callable[[], asyncio.Future[T]] | None = begin
         self._ready = threading.Lock()
-        self._ready.acquire()  # released by the loop thread: the outcome is in
+        self._ready.acquire()  # released to wake the waiting thread: the outcome is in
+        self._woken = False
+        self._passed_over = False
         self._done = False
         self._value: T | None = None
         self._error: BaseException | None = None  # or CancelledError: the work was cancelled
-        self.abandoned = False  # the waiter gave up (Ctrl-C, a timeout): the job must not start
+        self.left = False  # the waiting thread is gone: no job to start, no thread to wake
 
     # -- the loop thread ------------------------------------------------------------------
 
+    def begin(self) -> None:
+        """Start the job, unless its thread stopped waiting (Ctrl-C, a timeout) before."""
+        begin, self._begin = self._begin, None
+        if begin is None or self.left:
+            return
+        try:
+            future = begin()
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+            self.settle(None, exc)
+            return
+        future.add_done_callback(self.copy_outcome)
+
     def settle(self, value: T | None, error: BaseException | None) -> None:
-        """Store the outcome (once) and wake the waiting thread."""
+        """Store the outcome (the first only) and have the relay wake the waiting thread."""
         if self._done:
             return
         self._value = value
         self._error = error
         self._done = True
-        self._ready.release()
+        if not self.left:
+            self._relay.settled(self)
 
     def copy_outcome(self, done: asyncio.Future[T]) -> None:
         """A done callback: settle with the asyncio future's outcome."""
@@ -334,6 +416,11 @@ class Handoff(Generic[T]):
         else:
             self.settle(done.result(), None)
 
+    def wake(self) -> None:
+        """Called by the relay, in whichever thread pumps it."""
+        self._woken = True
+        self._ready.release()
+
     # -- the waiting thread ---------------------------------------------------------------
 
     def done(self) -> bool:
@@ -341,12 +428,24 @@ class Handoff(Generic[T]):
 
     def cancel(self) -> None:
         """Keep the job from starting: once started (a publish sent), it runs its course."""
-        self.abandoned = True
+        self.left = True
+
+    def leave(self) -> None:
+        """The waiting thread is done with it, whatever the outcome: wake the next thread."""
+        self.left = True
+        if self._passed_over:
+            # Its outcome came in, but not its turn, within a whole wait slice: the thread
+            # woken last has not left. Move on without it rather than wait for it.
+            self._relay.unstick()
+        else:
+            self._relay.pump()
 
     def result(self, timeout: float | None = None) -> T:
         """The outcome, raised or returned; TimeoutError if it is not in within `timeout` s."""
         if not self._done and not self._ready.acquire(timeout=-1 if timeout is None else timeout):
-            raise TimeoutError
+            if not self._done:
+                raise TimeoutError
+            self._passed_over = not self._woken  # its outcome came in, but not its turn
         error = self._error
         if error is not None:
             try:
