@@ -196,3 +196,31 @@ def test_a_stopped_portal_refuses_new_jobs(portal: Portal) -> None:
     portal.stop(2.0)
     with pytest.raises(ConnectionClosedByClient):
         portal.run(lambda: settled(portal, 0))
+
+
+def test_a_job_queued_while_a_woken_thread_has_yet_to_leave_waits_for_its_kick(
+    portal: Portal,
+) -> None:
+    started: list[int] = []
+
+    def begin(value: int) -> asyncio.Future[int]:
+        started.append(value)
+        return settled(portal, value)
+
+    awake = Handoff(portal._relay, never_started)
+    awake.settle(0, None)  # woken: it will kick the loop as it leaves
+    queued = portal.start(functools.partial(begin, 1), "publish()")
+    time.sleep(0.05)
+    assert started == []  # one kick for the whole burst, later
+    queued.leave()
+
+
+def test_a_woken_thread_that_never_leaves_delays_the_others_by_slices_only(
+    portal: Portal,
+) -> None:
+    stuck = Handoff(portal._relay, never_started)
+    stuck.settle(0, None)  # woken, but it never leaves, nor kicks the loop
+    started = time.monotonic()
+    assert portal.run(lambda: settled(portal, 7)) == 7  # the main thread: 50 ms slices
+    assert time.monotonic() - started < 1.0
+    assert portal.run(lambda: settled(portal, 8)) == 8  # and the relay moved on

@@ -199,6 +199,8 @@ class Portal:
                     return future.result()  # it finished meanwhile, or raised TimeoutError
                 if not self._thread.is_alive():
                     raise ConnectionClosedByClient("the connection was closed by the client")
+                if self._inbox:
+                    self._kick()  # in case the thread due to kick never did (see `Relay`)
                 if deadline is not None and time.monotonic() >= deadline:
                     raise TimeoutError
         except concurrent.futures.CancelledError:
@@ -254,28 +256,39 @@ class Portal:
         `begin` must not block: it starts the work and returns its future (as
         `Connection.publish` does). This is the blocking publish's way in,
         lighter than `call`: no coroutine, no task, a `Handoff` instead of a
-        future, one loop wakeup for all the jobs queued meanwhile, and one
-        waiting thread woken at a time (see `Relay`).
+        future, and threads that take turns (see `Relay`): one woken at a
+        time, and one loop wakeup for all the jobs they queue meanwhile.
         """
         handoff = self.start(begin, what)
         try:
             return self.wait(handoff)
         finally:
             handoff.leave()
+            if self._inbox and not self._relay.busy:
+                self._kick()  # the last of the woken threads sends the jobs they queued
 
     def start(self, begin: Callable[[], asyncio.Future[T]], what: str) -> Handoff[T]:
         """Queue `begin` for the loop thread; `run` waits for the handoff, then leaves it."""
         self._check_caller(what)
         handoff = Handoff(self._relay, begin)
         self._inbox.append(handoff)
-        if not self._inbox_scheduled:
-            self._inbox_scheduled = True
-            try:
-                self.loop.call_soon_threadsafe(self._drain_inbox)
-            except RuntimeError:
-                self._inbox_scheduled = False
-                raise ConnectionClosedByClient("the connection was closed by the client") from None
+        # While another woken thread has yet to leave, it (or the one it wakes) will kick
+        # the loop: a burst of publishes then costs one loop wakeup and one write.
+        if not self._relay.busy and not self._kick():
+            raise ConnectionClosedByClient("the connection was closed by the client")
         return handoff
+
+    def _kick(self) -> bool:
+        """Have the loop drain the inbox soon, unless it is due to already; False if it closed."""
+        if self._inbox_scheduled:
+            return True
+        self._inbox_scheduled = True
+        try:
+            self.loop.call_soon_threadsafe(self._drain_inbox)
+        except RuntimeError:
+            self._inbox_scheduled = False
+            return False
+        return True
 
     def _drain_inbox(self) -> None:
         self._inbox_scheduled = False  # before popping: a job queued from now on schedules again
@@ -304,13 +317,21 @@ class Relay:
     the first thread, and each woken thread wakes the next one as its wait
     ends (`Handoff.leave`), before it returns to its caller.
 
+    The threads taking turns also take turns to kick the loop: a thread that
+    queues its next job while another is awake leaves the kick to that one,
+    so the jobs of a whole burst reach the loop thread together, at the cost
+    of one wakeup and one socket write instead of one or two each
+    (`Portal.start`, `Portal.run`).
+
     No lock, so that no thread can ever block another here (a Ctrl-C can land
     anywhere in the main thread): deque operations and attribute stores are
     atomic under the GIL, and every interleaving leaves either a thread awake
     that will pump on its way out, or the queue empty. A rare race can wake
     two threads at once, which costs only the contention this avoids. And
     should a woken thread never leave, its successors still see their outcome
-    within one wait slice, and the first to do so moves on (`Handoff.leave`).
+    within one wait slice, and the first to do so moves on (`Handoff.leave`);
+    a job left queued with no kick to come is kicked after one slice
+    (`Portal.wait`).
     """
 
     __slots__ = ("_awake", "_queue")
@@ -319,6 +340,12 @@ class Relay:
         self._queue: deque[Handoff[Any]] = deque()  # settled, their threads not woken yet
         self._awake: Handoff[Any] | None = None  # the one woken last, until its thread leaves
 
+    @property
+    def busy(self) -> bool:
+        """Whether a woken thread has yet to leave: it will wake the next, or kick the loop."""
+        awake = self._awake
+        return awake is not None and not awake.left
+
     def settled(self, handoff: Handoff[Any]) -> None:
         """In the loop thread: the handoff's outcome is in; wake its thread now or in turn."""
         self._queue.append(handoff)
@@ -326,8 +353,7 @@ class Relay:
 
     def pump(self) -> None:
         """Wake the next waiting thread, unless the one woken last has yet to leave."""
-        awake = self._awake
-        if awake is not None and not awake.left:
+        if self.busy:
             return
         queue = self._queue
         while queue:
