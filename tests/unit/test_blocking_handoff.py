@@ -11,7 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from leveret.blocking._portal import Handoff, Portal, Relay
+from leveret.blocking._handoff import Handoff, Relay
+from leveret.blocking._portal import Portal
 from leveret.exceptions import ConnectionClosedByClient
 
 
@@ -224,3 +225,51 @@ def test_a_woken_thread_that_never_leaves_delays_the_others_by_slices_only(
     assert portal.run(lambda: settled(portal, 7)) == 7  # the main thread: 50 ms slices
     assert time.monotonic() - started < 1.0
     assert portal.run(lambda: settled(portal, 8)) == 8  # and the relay moved on
+
+
+def test_threads_that_give_up_their_waits_do_not_hold_up_the_others(portal: Portal) -> None:
+    # Outcomes come in bursts, as confirms do; some threads give up waiting now and
+    # then (as on Ctrl-C): the relay must neither stall (whole wait slices) nor lose one.
+    pending: list[tuple[asyncio.Future[int], int]] = []
+
+    def confirm_all() -> None:
+        for future, value in pending:
+            if not future.done():
+                future.set_result(value)
+        pending.clear()
+        portal.loop.call_later(0.0005, confirm_all)
+
+    def begin(value: int) -> asyncio.Future[int]:
+        future = portal.loop.create_future()
+        pending.append((future, value))
+        return future
+
+    portal.loop.call_soon_threadsafe(confirm_all)
+    results: dict[int, list[int]] = {}
+    gave_up: list[int] = []
+
+    def publisher(number: int) -> None:
+        got = []
+        for i in range(300):
+            value = number * 1000 + i
+            if i % 7 == number % 7:
+                handoff = portal.start(functools.partial(begin, value), "publish()")
+                try:
+                    portal.wait(handoff, timeout=0.0001)
+                except TimeoutError:
+                    gave_up.append(value)
+                finally:
+                    handoff.leave()
+            else:
+                got.append(portal.run(functools.partial(begin, value)))
+        results[number] = got
+
+    threads = [threading.Thread(target=publisher, args=(n,)) for n in range(16)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30.0)
+    assert time.monotonic() - started < 5.0  # no thread waited out a 1 s slice
+    assert results == {n: [n * 1000 + i for i in range(300) if i % 7 != n % 7] for n in range(16)}
+    assert gave_up  # the path was taken
