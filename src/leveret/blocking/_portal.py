@@ -252,7 +252,7 @@ class Portal:
             return default
 
     def run(self, begin: Callable[[], asyncio.Future[T]], what: str = "a blocking call") -> T:
-        """Run `begin` on the loop and wait for its future's outcome (raised here, as it would be there).
+        """Run `begin` on the loop and wait for its outcome, raised here as it would be there.
 
         `begin` must not block: it starts the work and returns its future (as
         `Connection.publish` does). This is the blocking publish's way in,
