@@ -199,6 +199,71 @@ def test_forced_close_with_reconnect_consumption_carries_on(
         conn.delete_queue(queue_name)
 
 
+def publish_from_threads(
+    conn: leveret.blocking.Connection, queue: str, threads: int, each: int
+) -> tuple[list[threading.Thread], Counter[str], Callable[[], int]]:
+    """Threads each publishing up to `each` messages with publish(), until one fails."""
+    outcomes: Counter[str] = Counter()
+    lock = threading.Lock()
+    progress = [0]
+
+    def publisher(number: int) -> None:
+        for i in range(each):
+            try:
+                conn.publish(b"%d.%d" % (number, i), routing_key=queue)
+                kind = "confirmed"
+            except leveret.ConnectionClosed as exc:
+                kind = type(exc).__name__
+            with lock:
+                outcomes[kind] += 1
+                progress[0] += 1
+            if kind != "confirmed":
+                return
+
+    workers = [threading.Thread(target=publisher, args=(n,)) for n in range(threads)]
+    for worker in workers:
+        worker.start()
+    return workers, outcomes, lambda: progress[0]
+
+
+def test_threads_publishing_through_a_forced_close_with_reconnect_all_get_confirms(
+    rabbitmq: RabbitMQNode, rabbitmq_url: str, queue_name: str
+) -> None:
+    with leveret.blocking.connect(rabbitmq_url, backoff=FAST) as conn:
+        conn.declare_queue(queue_name)
+        workers, outcomes, progress = publish_from_threads(conn, queue_name, 8, 300)
+        deadline = time.monotonic() + WAIT
+        while progress() < 400 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        rabbitmq.close_all_connections("recover, threaded publishes")
+        for worker in workers:
+            worker.join(WAIT)
+        assert not any(worker.is_alive() for worker in workers)  # none stranded
+        assert outcomes == {"confirmed": 8 * 300}
+        assert conn.declare_queue(queue_name, passive=True).message_count >= 8 * 300
+        conn.delete_queue(queue_name)
+
+
+def test_threads_publishing_through_a_forced_close_without_reconnect_all_get_the_error(
+    rabbitmq: RabbitMQNode, rabbitmq_url: str, queue_name: str
+) -> None:
+    with leveret.blocking.connect(rabbitmq_url, reconnect=False) as conn:
+        conn.declare_queue(queue_name, exclusive=True)
+        workers, outcomes, progress = publish_from_threads(conn, queue_name, 8, 100_000)
+        deadline = time.monotonic() + WAIT
+        while progress() < 400 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        rabbitmq.close_all_connections("forced, threaded publishes")
+        started = time.monotonic()
+        for worker in workers:
+            worker.join(WAIT)
+        assert not any(worker.is_alive() for worker in workers)
+        assert time.monotonic() - started < 1.0  # nobody waited out a wait slice
+    # Every thread had its publish in flight, or its next one, fail with the broker's error.
+    assert set(outcomes) == {"confirmed", "ConnectionForced"}
+    assert outcomes["ConnectionForced"] == 8
+
+
 def test_publish_many_stops_taking_messages_when_the_connection_ends(
     rabbitmq: RabbitMQNode, rabbitmq_url: str, queue_name: str
 ) -> None:
@@ -254,6 +319,9 @@ INTERRUPTED_SCRIPT = textwrap.dedent(
                     conn.call(queue, b"nobody answers", timeout=60)
                 elif where == "serve_forever":
                     conn.serve_forever(queue, lambda request: b"")
+                elif where == "publish":
+                    while True:
+                        conn.publish(b"x" * 1000, routing_key=queue)
                 elif where == "publish_many":
                     conn.publish_many(iter(lambda: b"x" * 1000, None), routing_key=queue)
             except KeyboardInterrupt:
@@ -296,7 +364,7 @@ def run_interrupted(
 
 
 @pytest.mark.parametrize("how", ["raise_signal", "interrupt_main", "kill"])
-@pytest.mark.parametrize("where", ["consume", "call", "serve_forever", "publish_many"])
+@pytest.mark.parametrize("where", ["consume", "call", "serve_forever", "publish", "publish_many"])
 def test_ctrl_c_during_a_blocking_wait_closes_cleanly(
     interrupted_script: Path, rabbitmq_url: str, queue_name: str, where: str, how: str
 ) -> None:

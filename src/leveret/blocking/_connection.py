@@ -409,23 +409,35 @@ class Connection:
         at once; each waits for its own confirm. For a batch, `publish_many`
         is much faster.
         """
-        self._check_open("publish()")
-        options: dict[str, Any] = {
-            "routing_key": routing_key,
-            "exchange": exchange,
-            "properties": properties,
-            "persistent": persistent,
-            "mandatory": mandatory,
-            "timeout": timeout,
-        }
+        if self._closing:
+            self._check_open("publish()")  # raises
         connection = self._connection
         if connection._telemetry is not None:
+            options: dict[str, Any] = {
+                "routing_key": routing_key,
+                "exchange": exchange,
+                "properties": properties,
+                "persistent": persistent,
+                "mandatory": mandatory,
+                "timeout": timeout,
+            }
             # A task started from this thread runs in a copy of its context: the
             # current span (e.g. a handler's) becomes the publish span's parent.
             self._call(_publish_awaited(connection, body, options), "publish()")
             return
-        self._portal.wait(
-            self._portal.start(lambda: connection.publish(body, **options), "publish()")
+        # The hot path; run() refuses the I/O thread and a closed connection as
+        # _check_open does.
+        self._portal.run(
+            lambda: connection.publish(
+                body,
+                routing_key=routing_key,
+                exchange=exchange,
+                properties=properties,
+                persistent=persistent,
+                mandatory=mandatory,
+                timeout=timeout,
+            ),
+            "publish()",
         )
 
     def publish_many(

@@ -2,7 +2,11 @@
 
 Every blocking call hands a coroutine to the loop thread with
 `asyncio.run_coroutine_threadsafe` and waits for its outcome, so heartbeats,
-acks and reconnection go on in the loop thread while the caller blocks.
+acks and reconnection go on in the loop thread while the caller blocks. The
+blocking publish, the hot path, takes a lighter way, `Portal.run`: a queued
+job (one loop wakeup for all those queued meanwhile) whose outcome comes back
+through a `Handoff` (a lock and a slot instead of a future), the waiting
+threads woken one at a time by a `Relay`.
 
 Waits are interruptible: a real Ctrl-C interrupts the main thread's wait at
 once, and the main thread waits in short slices so that a SIGINT that landed
@@ -24,6 +28,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from leveret._loop import new_event_loop
+from leveret.blocking._handoff import Handoff, Relay
 from leveret.exceptions import ConnectionClosedByClient
 
 __all__ = ["Portal"]
@@ -81,8 +86,9 @@ class Portal:
         self.loop = new_event_loop()  # uvloop's when installed
         self._stopped = False
         # Quick jobs from other threads: one wakeup of the loop for all those queued meanwhile.
-        self._inbox: deque[Callable[[], None]] = deque()
+        self._inbox: deque[Handoff[Any]] = deque()
         self._inbox_scheduled = False
+        self._relay = Relay()  # wakes the threads waiting in run(), one at a time
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -172,7 +178,9 @@ class Portal:
         """
         return self.wait(self.submit(coro, what), timeout)
 
-    def wait(self, future: concurrent.futures.Future[T], timeout: float | None = None) -> T:
+    def wait(
+        self, future: concurrent.futures.Future[T] | Handoff[T], timeout: float | None = None
+    ) -> T:
         """Wait for a future completed by the loop thread; interruptible; cancels it if abandoned."""
         try:
             deadline = None if timeout is None else time.monotonic() + timeout
@@ -192,6 +200,8 @@ class Portal:
                     return future.result()  # it finished meanwhile, or raised TimeoutError
                 if not self._thread.is_alive():
                     raise ConnectionClosedByClient("the connection was closed by the client")
+                if self._inbox:
+                    self._kick()  # in case the thread due to kick never did (see `Relay`)
                 if deadline is not None and time.monotonic() >= deadline:
                     raise TimeoutError
         except concurrent.futures.CancelledError:
@@ -204,7 +214,7 @@ class Portal:
                 self.cancel(future)
             raise
 
-    def cancel(self, future: concurrent.futures.Future[Any]) -> None:
+    def cancel(self, future: concurrent.futures.Future[Any] | Handoff[Any]) -> None:
         # Cancelling chains to the task through call_soon_threadsafe, which fails (and
         # would be logged with a traceback) once the loop is closed.
         if not self.loop.is_closed():
@@ -241,45 +251,51 @@ class Portal:
         except ConnectionClosedByClient:
             return default
 
-    def start(
-        self,
-        begin: Callable[[], asyncio.Future[T]],
-        what: str = "a blocking call",
-    ) -> concurrent.futures.Future[T]:
-        """Run `begin` on the loop; its future's outcome arrives in the returned future.
+    def run(self, begin: Callable[[], asyncio.Future[T]], what: str = "a blocking call") -> T:
+        """Run `begin` on the loop and wait for its outcome, raised here as it would be there.
 
         `begin` must not block: it starts the work and returns its future (as
-        `Connection.publish` does). No task and no wakeup of its own for the
-        common case: what a blocking publish costs is mostly this handoff.
+        `Connection.publish` does). This is the blocking publish's way in,
+        lighter than `call`: no coroutine, no task, a `Handoff` instead of a
+        future, and threads that take turns (see `Relay`): one woken at a
+        time, and one loop wakeup for all the jobs they queue meanwhile.
         """
+        handoff = self.start(begin, what)
+        try:
+            return self.wait(handoff)
+        finally:
+            handoff.leave()
+            if self._inbox and not self._relay.busy:
+                self._kick()  # the last of the woken threads sends the jobs they queued
+
+    def start(self, begin: Callable[[], asyncio.Future[T]], what: str) -> Handoff[T]:
+        """Queue `begin` for the loop thread; `run` waits for the handoff, then leaves it."""
         self._check_caller(what)
-        result: concurrent.futures.Future[T] = concurrent.futures.Future()
+        handoff = Handoff(self._relay, begin)
+        self._inbox.append(handoff)
+        # While another woken thread has yet to leave, it (or the one it wakes) will kick
+        # the loop: a burst of publishes then costs one loop wakeup and one write.
+        if not self._relay.busy and not self._kick():
+            raise ConnectionClosedByClient("the connection was closed by the client")
+        return handoff
 
-        def job() -> None:
-            if not result.set_running_or_notify_cancel():
-                return
-            try:
-                future = begin()
-            except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
-                result.set_exception(exc)
-                return
-            future.add_done_callback(lambda done: _copy_outcome(done, result))
-
-        self._inbox.append(job)
-        if not self._inbox_scheduled:
-            self._inbox_scheduled = True
-            try:
-                self.loop.call_soon_threadsafe(self._drain_inbox)
-            except RuntimeError:
-                self._inbox_scheduled = False
-                raise ConnectionClosedByClient("the connection was closed by the client") from None
-        return result
+    def _kick(self) -> bool:
+        """Have the loop drain the inbox soon, unless it is due to already; False if it closed."""
+        if self._inbox_scheduled:
+            return True
+        self._inbox_scheduled = True
+        try:
+            self.loop.call_soon_threadsafe(self._drain_inbox)
+        except RuntimeError:
+            self._inbox_scheduled = False
+            return False
+        return True
 
     def _drain_inbox(self) -> None:
         self._inbox_scheduled = False  # before popping: a job queued from now on schedules again
         inbox = self._inbox
         while inbox:
-            inbox.popleft()()
+            inbox.popleft().begin()
 
     def call_soon_threadsafe(self, function: Callable[..., object], *args: Any) -> bool:
         """Schedule `function(*args)` on the loop; False if the loop has closed."""
@@ -288,14 +304,3 @@ class Portal:
         except RuntimeError:
             return False
         return True
-
-
-def _copy_outcome(done: asyncio.Future[T], result: concurrent.futures.Future[T]) -> None:
-    if result.done():
-        return  # the waiting thread gave up (Ctrl-C) and cancelled it
-    if done.cancelled():
-        result.cancel()
-    elif (exc := done.exception()) is not None:
-        result.set_exception(exc)
-    else:
-        result.set_result(done.result())
