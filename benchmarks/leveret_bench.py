@@ -6,12 +6,12 @@ Runs the harness's workloads through leveret's public API only:
                     sends at once and returns its confirm's future, so no task is made
   publish_noconfirm skipped: leveret always waits for publisher confirms
   consume_ack       `async with conn.consume(q, prefetch=...)`, `async for`, `msg.ack()`
-  rpc_latency       `conn.serve(q, handler)` on one connection, sequential
+  rpc_latency       `conn.serve(q, handler, no_ack=True)` on one connection, sequential
                     `await conn.call(q, body, expire_unanswered=False)` on another
-                    (direct reply-to; the server's reply and ack go out together on
-                    the request's channel). The peers' requests carry no TTL; variant
-                    `leveret:expiring` keeps leveret's default, a TTL of the call's
-                    timeout on each request, which costs the broker per message
+                    (direct reply-to): the workload's no-ack consumers and no TTL.
+                    Variant `leveret:defaults` keeps leveret's defaults, which cost
+                    the broker more per call: each request acked after its reply (in
+                    the same write) and expiring after the call's timeout
 
 Variants of publish_confirm: `leveret:tasks`, a task per `await conn.publish(...)` (what a
 coroutine-returning publish costs callers who wrap each one in a task); and, for the
@@ -123,13 +123,15 @@ async def rpc_latency(args: Any) -> dict[str, Any]:
     async def echo(message: leveret.Message) -> bytes:
         return message.body
 
-    # The peers' requests carry no TTL; leveret's carry the call's timeout as their
-    # expiration unless told otherwise (variant `expiring` measures that default).
-    expire = args.variant == "expiring"
+    # The workload: no-ack consumers, requests without a TTL (the peers' way). leveret's
+    # defaults differ on both (acked requests, expiring after the call's timeout): the
+    # variant `defaults` runs those.
+    defaults = args.variant == "defaults"
+    expire = defaults
     async with leveret.connect(args.url) as server, leveret.connect(args.url) as client:
         await server.declare_queue(args.queue)
         payload = body_of(args.size)
-        async with server.serve(args.queue, echo, concurrency=10):
+        async with server.serve(args.queue, echo, concurrency=10, no_ack=not defaults):
             for _ in range(args.warmup):
                 await client.call(args.queue, payload, expire_unanswered=expire)
             samples: list[int] = []
@@ -146,13 +148,14 @@ async def rpc_latency(args: Any) -> dict[str, Any]:
         "meter": meter,
         "verified": ok,
         **latency_stats(samples),
-        "mode": "sequential conn.call() via direct reply-to, "
+        "mode": "sequential conn.call() via direct reply-to; "
         + (
-            "requests expiring after the call's timeout (the default)"
-            if expire
-            else "expire_unanswered=False (no per-message TTL, like the peers)"
-        )
-        + "; conn.serve() sends the reply and the request's ack in one write",
+            "leveret's defaults: requests expire after the call's timeout, conn.serve() "
+            "sends each reply and the request's ack in one write"
+            if defaults
+            else "expire_unanswered=False, conn.serve(no_ack=True): like the peers, no TTL "
+            "and no-ack consumers"
+        ),
     }
 
 
@@ -204,9 +207,9 @@ def blocking_publish(args: Any) -> dict[str, Any]:
 def impl(args: Any) -> dict[str, Any]:
     if args.workload == "publish_noconfirm":
         raise Skip("leveret always uses publisher confirms; there is no fire-and-forget publish")
-    if args.variant == "expiring":
+    if args.variant == "defaults":
         if args.workload != "rpc_latency":
-            raise Skip("variant expiring is for rpc_latency only")
+            raise Skip("variant defaults is for rpc_latency only")
     elif args.variant != "default":
         if args.workload != "publish_confirm":
             raise Skip(f"variant {args.variant} is for publish_confirm only")
@@ -226,6 +229,6 @@ if __name__ == "__main__":
         run_main(
             "leveret",
             impl,
-            variants=("default", "tasks", "blocking_many", "blocking_threads", "expiring"),
+            variants=("default", "tasks", "blocking_many", "blocking_threads", "defaults"),
         )
     )

@@ -542,3 +542,76 @@ def test_blocking_calls_from_many_threads_each_get_their_own_reply(
         assert client._pending == {}
         assert conn.declare_queue(queue_name, passive=True).message_count == 0
         conn.delete_queue(queue_name)
+
+
+async def test_a_no_ack_server_answers_and_the_broker_keeps_nothing_unacked(
+    conn: leveret.Connection, rabbitmq_url: str, queue_name: str
+) -> None:
+    async def handler(request: leveret.Message) -> bytes:
+        if request.body == b"boom":
+            raise ValueError("no such thing")
+        return b"ok:" + request.body
+
+    await conn.declare_queue(queue_name)
+    async with (
+        leveret.connect(rabbitmq_url) as server_conn,
+        server_conn.serve(queue_name, handler, concurrency=4, no_ack=True) as server,
+    ):
+        replies = await asyncio.gather(
+            *(conn.call(queue_name, b"%d" % n, timeout=WAIT) for n in range(50))
+        )
+        assert [reply.body for reply in replies] == [b"ok:%d" % n for n in range(50)]
+        with pytest.raises(leveret.RemoteError, match="no such thing"):
+            await conn.call(queue_name, b"boom", timeout=WAIT)
+        consumer = server._subscription._consumer
+        assert consumer.no_ack
+        assert consumer._channel is not None
+        assert consumer._channel.stats.acked == 0  # nothing was ever acked: nothing to ack
+    assert await message_count(conn, queue_name) == 0
+    await conn.delete_queue(queue_name)
+
+
+async def test_a_request_held_by_a_killed_no_ack_server_is_lost(
+    conn: leveret.Connection, rabbitmq: RabbitMQNode, rabbitmq_url: str, queue_name: str
+) -> None:
+    """What no_ack gives up: the request is not redelivered; its caller times out."""
+    name_a = f"rpc-server-a-{uuid.uuid4().hex[:8]}"
+    a_started = asyncio.Event()
+    a_release = asyncio.Event()
+    b_seen: list[bytes] = []
+
+    async def handler_a(request: leveret.Message) -> bytes:
+        a_started.set()
+        await a_release.wait()
+        return b"A"
+
+    async def handler_b(request: leveret.Message) -> bytes:
+        b_seen.append(request.body)
+        return b"B"
+
+    await conn.declare_queue(queue_name)
+    server_a = await leveret.connect(rabbitmq_url, name=name_a, reconnect=False)
+    server_b = await leveret.connect(rabbitmq_url, name="rpc-server-b")
+    try:
+        async with server_a.serve(queue_name, handler_a, concurrency=1, no_ack=True):
+            call = asyncio.ensure_future(conn.call(queue_name, b"job", timeout=2))
+            await asyncio.wait_for(a_started.wait(), WAIT)
+            async with server_b.serve(queue_name, handler_b, concurrency=1, no_ack=True):
+                await close_connection_named(rabbitmq, name_a, "server A killed by the test")
+                with pytest.raises(leveret.RPCTimeout):
+                    await asyncio.wait_for(call, WAIT)
+                assert b_seen == []
+                a_release.set()
+        assert await message_count(conn, queue_name) == 0
+    finally:
+        a_release.set()
+        await server_a.close()
+        await server_b.close()
+    await conn.delete_queue(queue_name)
+
+
+async def test_serve_refuses_a_no_ack_that_is_not_a_bool(
+    conn: leveret.Connection, queue_name: str
+) -> None:
+    with pytest.raises(TypeError, match="no_ack must be True or False, got 'yes'"):
+        conn.serve(queue_name, echo, no_ack="yes")  # type: ignore[arg-type]

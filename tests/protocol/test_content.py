@@ -379,6 +379,9 @@ def test_whole_split_and_byte_by_byte_give_the_same_events(name: str) -> None:
     for cut in range(1, len(data)):
         assert feed([data[:cut], data[cut:]]) == whole, f"split at byte {cut}"
     assert feed([data[i : i + 1] for i in range(len(data))]) == whole
+    assert feed([data[:9], data[9:-3], data[-3:]]) == whole
+    assert feed([bytearray(data)]) == whole
+    assert feed([memoryview(data)]) == whole  # type: ignore[list-item]
 
 
 @pytest.mark.parametrize(

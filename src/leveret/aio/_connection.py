@@ -2032,16 +2032,30 @@ class Connection:
         *,
         concurrency: int = 10,
         include_traceback: bool = False,
+        no_ack: bool = False,
     ) -> RpcServer:
         """Answer requests on `queue` with `handler(msg) -> reply`: `async with conn.serve(q, h):`.
 
         The reply may be bytes, str or a JSON-able object (see `publish`).
         A handler's exception becomes `RemoteError` at the caller, with the
         type name and message; the traceback only with `include_traceback`.
+        Each request is acked once its reply is sent, so a server that dies
+        mid-request has it redelivered to another. `no_ack=True` trades that
+        for speed: no acks (about 50 us less per call on RabbitMQ 3.10), a
+        request in a dying server is lost (its caller gets RPCTimeout), and
+        the broker hands the server every request at once instead of
+        `concurrency` at a time.
         """
         _check_name(queue, "queue name")
+        if not isinstance(no_ack, bool):
+            raise TypeError(f"no_ack must be True or False, got {no_ack!r}")
         return RpcServer(
-            self, queue, handler, concurrency=concurrency, include_traceback=include_traceback
+            self,
+            queue,
+            handler,
+            concurrency=concurrency,
+            include_traceback=include_traceback,
+            no_ack=no_ack,
         )
 
     # -- misc --------------------------------------------------------------------------------------------

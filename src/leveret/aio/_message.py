@@ -126,6 +126,18 @@ class Message:
             return True
         return False
 
+    def _reply_unacked(self, routing_key: bytes, body: bytes, properties: bytes) -> bool:
+        """Publish a reply on this delivery's channel, for a delivery that needs no ack.
+
+        False (nothing sent) when the channel has closed.
+        """
+        if self._channel.closed is not None:
+            return False
+        self._core.publish(self._channel.id, b"\x00", routing_key, body, properties)
+        self._channel.stats.published += 1
+        self._flush()
+        return True
+
     def nack(self, requeue: bool = True) -> bool:
         """Negative acknowledgement; `requeue=False` dead-letters or drops the message."""
         if self._settled or self._channel.closed is not None:

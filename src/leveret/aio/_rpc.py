@@ -35,6 +35,7 @@ from leveret._payload import encode_body, new_message_id, timestamp_bytes
 from leveret._properties import Properties
 from leveret.aio._consumer import Consumer
 from leveret.aio._message import Message
+from leveret.aio._subscription import Subscription, check_subscription_options
 from leveret.exceptions import (
     ConnectionLost,
     LeveretError,
@@ -286,7 +287,10 @@ class RpcServer:
     channel's frames in order, so the request is acked only once its reply
     was routed, and a connection lost before that redelivers the request.
     Requests without `reply_to` are rejected without requeueing, since no
-    answer could ever reach their sender.
+    answer could ever reach their sender. With `no_ack`, the broker forgets
+    each request as it delivers it: no ack to send or process, but a request
+    whose server dies mid-handler is lost (its caller gets RPCTimeout), and
+    with no prefetch window the broker hands this server every request at once.
     """
 
     def __init__(
@@ -297,14 +301,22 @@ class RpcServer:
         *,
         concurrency: int,
         include_traceback: bool = False,
+        no_ack: bool = False,
     ) -> None:
         self._connection = connection
         self.queue = queue
         self._handler = handler
         self._include_traceback = include_traceback
+        check_subscription_options(concurrency, "reject", None)
+        self._no_ack = no_ack
         # `_handle` settles every request itself; "reject" only covers a bug in it.
-        self._subscription = connection.subscribe(
-            queue, self._handle, concurrency=concurrency, on_error="reject"
+        self._subscription = Subscription(
+            connection,
+            connection.consume(queue, prefetch=0 if no_ack else concurrency, no_ack=no_ack),
+            self._handle,
+            concurrency=concurrency,
+            on_error="reject",
+            retry=None,
         )
 
     async def __aenter__(self) -> RpcServer:
@@ -377,9 +389,11 @@ class RpcServer:
                 elif changes:
                     reply_props = reply_props.replace(**changes)
                 properties_bytes = encode_properties(reply_props)
-            sent = request.reply_and_ack(
-                connection._encoded_name(props.reply_to, "reply_to"), body, properties_bytes
-            )
+            reply_to = connection._encoded_name(props.reply_to, "reply_to")
+            if self._no_ack:
+                sent = request._reply_unacked(reply_to, body, properties_bytes)
+            else:
+                sent = request.reply_and_ack(reply_to, body, properties_bytes)
         except ValueError as exc:
             if telemetry is not None and traced is not None:
                 telemetry.end_publish(traced, exc)
@@ -389,4 +403,7 @@ class RpcServer:
         if telemetry is not None and traced is not None:
             telemetry.end_publish(traced, None)
         if not sent:
-            log.debug("leveret: the RPC request channel closed before the reply; redelivered")
+            log.debug(
+                "leveret: the RPC request channel closed before the reply; %s",
+                "the request is lost (no_ack)" if self._no_ack else "redelivered",
+            )

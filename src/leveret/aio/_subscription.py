@@ -205,7 +205,7 @@ class Subscription:
             message = consumer.take()
             if message is None:
                 return
-            task = asyncio.ensure_future(self._handle(message))
+            task = self._connection._loop.create_task(self._handle(message))
             self._tasks.add(task)
             task.add_done_callback(self._finished)
 

@@ -680,14 +680,20 @@ class Connection:
         )
         return Message(reply, self._portal)
 
-    def serve(self, queue: str, handler: Handler, *, concurrency: int = 10) -> Server:
+    def serve(
+        self, queue: str, handler: Handler, *, concurrency: int = 10, no_ack: bool = False
+    ) -> Server:
         """Answer requests on `queue` with `handler(msg) -> bytes`: `with conn.serve(q, h): ...`.
 
         The handler is a plain function; up to `concurrency` run at once, each
         in a worker thread, so slow handlers never stall heartbeats or acks.
+        `no_ack` as in the asyncio `serve`: faster, but a request in a server
+        that dies is lost rather than redelivered.
         """
         self._check_open("serve()")
-        return Server(self._portal, self._connection, queue, handler, concurrency=concurrency)
+        return Server(
+            self._portal, self._connection, queue, handler, concurrency=concurrency, no_ack=no_ack
+        )
 
     def serve_forever(self, queue: str, handler: Handler, *, concurrency: int = 10) -> None:
         """Serve `queue` until Ctrl-C (KeyboardInterrupt) or until the server ends, raising why

@@ -47,13 +47,16 @@ class Server:
         handler: Handler,
         *,
         concurrency: int,
+        no_ack: bool = False,
     ) -> None:
         if not callable(handler):
             raise TypeError(f"handler must be callable, got {type(handler).__name__}")
         self._portal = portal
         self._handler = handler
         self._concurrency = concurrency
-        self._server = connection.serve(queue, self._on_request, concurrency=concurrency)
+        self._server = connection.serve(
+            queue, self._on_request, concurrency=concurrency, no_ack=no_ack
+        )
         self._workers: Workers | None = None
         self._lock = threading.Lock()
         self._started = False

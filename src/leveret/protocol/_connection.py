@@ -338,19 +338,26 @@ class AMQPConnection:
             return events  # after close-ok, a protocol error or connection_lost: nothing counts
         self._rx_activity = True
         buf = self._inbuf
-        buf += data
+        source: bytes | bytearray
+        if buf:
+            buf += data
+            source = buf
+        else:
+            # Most reads hold whole frames: parse them where they are, and keep only the
+            # start of an incomplete frame (one copy per payload, not three).
+            source = data if type(data) is bytes else bytes(data)
         pos = 0
-        size_total = len(buf)
+        size_total = len(source)
         try:
-            if self.state is ConnectionState.AWAIT_START and buf[:4] == b"AMQP":
+            if self.state is ConnectionState.AWAIT_START and source[:4] == b"AMQP":
                 # The broker answers an unsupported protocol header with its own (ref: 4.2.2).
                 raise RemoteProtocolError(
-                    f"broker refused protocol AMQP 0-9-1 and offered {bytes(buf[:8])!r}"
+                    f"broker refused protocol AMQP 0-9-1 and offered {bytes(source[:8])!r}"
                 )
             unpack_header = FRAME_HEADER_STRUCT.unpack_from
             channels = self._channels
             while size_total - pos >= 8:
-                frame_type, channel_id, size = unpack_header(buf, pos)
+                frame_type, channel_id, size = unpack_header(source, pos)
                 end = pos + 7 + size
                 if size > self.frame_max - 8 and size > _MAX_INBOUND_FRAME:
                     # RabbitMQ does not split content headers to fit our frame_max,
@@ -362,11 +369,12 @@ class AMQPConnection:
                     )
                 if end >= size_total:
                     break
-                if buf[end] != FRAME_END:
+                if source[end] != FRAME_END:
                     raise RemoteProtocolError(
-                        f"frame does not end with 0xCE (got 0x{buf[end]:02x}): framing lost", 501
+                        f"frame does not end with 0xCE (got 0x{source[end]:02x}): framing lost",
+                        501,
                     )
-                payload = bytes(buf[pos + 7 : end])
+                payload = bytes(source[pos + 7 : end])  # a slice of bytes is kept as it is
                 pos = end + 1
                 if frame_type == FRAME_BODY:
                     self._on_body(channels.get(channel_id), channel_id, payload, events)
@@ -389,11 +397,15 @@ class AMQPConnection:
                     raise RemoteProtocolError(f"unknown frame type {frame_type}", 501)
         except RemoteProtocolError as exc:
             del buf[:]
+            pos = size_total  # nothing after a protocol error counts
             self._fail(exc)
             raise
         finally:
-            if pos:
-                del buf[:pos]
+            if source is buf:
+                if pos:
+                    del buf[:pos]
+            elif pos < size_total:
+                buf += source[pos:]
         return events
 
     def _closed(self) -> bool:
