@@ -284,6 +284,7 @@ class Connection:
         self._socket_closed: asyncio.Future[None] = self._loop.create_future()
         self._flush_scheduled = False
         self._write_eagerly = True
+        self._wrote_eagerly = False  # this turn wrote at once (a flush is due before another)
         self._pending_writes = 0
         self._write_paused = False
         self._timer: asyncio.TimerHandle | None = None
@@ -428,15 +429,23 @@ class Connection:
 
     def _schedule_flush(self) -> None:
         self._pending_writes += 1
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush_now)
-            if self._write_eagerly:
-                self._write_out()  # the first of this iteration: no reason to wait
+        if self._flush_scheduled:
+            return
+        if self._write_eagerly and not self._wrote_eagerly:
+            # A lone request or reply goes out at once, and costs no loop callback (nor
+            # the extra loop iteration that would run it) unless more follows it before
+            # the next read: a second write then waits for a flush at the end of the turn.
+            self._wrote_eagerly = True
+            self._pending_writes = 1
+            self._write_out()
+            return
+        self._flush_scheduled = True
+        self._loop.call_soon(self._flush_now)
 
     def _flush_now(self) -> None:
         self._flush_scheduled = False
-        # One write in the last iteration (a lone request or reply): the next goes out at
+        self._wrote_eagerly = False
+        # One write in the last turn (a lone request or reply): the next goes out at
         # once. A burst (many publishes or acks): writing them together is cheaper.
         self._write_eagerly = self._pending_writes <= 1
         self._pending_writes = 0
@@ -463,6 +472,7 @@ class Connection:
         await waiter
 
     def _data_received(self, data: bytes) -> None:
+        self._wrote_eagerly = False  # a new turn: its first write may go out at once
         try:
             events = self._core.receive_data(data)
         except ProtocolError as exc:
