@@ -103,7 +103,7 @@ async def measure(url: str, n: int, size: int) -> dict[str, Any]:
         "flat": received == n and growth <= FLAT_BYTES,
         "flat_limit_bytes": FLAT_BYTES,
         "growing_sites": growing,
-        "mode": f"publisher window {WINDOW} (task per publish) + consumer prefetch {PREFETCH} "
+        "mode": f"publisher window {WINDOW} (ensure_future(publish()) per message) + consumer prefetch {PREFETCH} "
         "(ack each), two connections, one process, tracemalloc on",
     }
 
