@@ -67,12 +67,12 @@ async def test_publishes_started_together_arrive_in_order_through_a_small_window
     async with leveret.connect(rabbitmq_url, max_in_flight=3) as conn:
         await conn.declare_queue(queue_name)
         futures = [conn.publish(b"%d" % i, routing_key=queue_name) for i in range(300)]
-        assert conn._publishes_waiting > 0  # the slow path really was taken
+        assert len(conn._send_queue) > 0  # the slow path really was taken
         await asyncio.gather(*futures)
         assert await _bodies(conn, queue_name) == [b"%d" % i for i in range(300)]
-        assert conn._publishes_waiting == 0
+        assert len(conn._send_queue) == 0
         assert _in_flight(conn) == 0
-        await until(lambda: not conn._publishing_tasks)
+        await until(lambda: conn._send_queue._task is None)
         await conn.delete_queue(queue_name)
 
 
@@ -86,8 +86,8 @@ async def test_cancelling_a_waiting_publish_sends_nothing_and_frees_its_task(
         await asyncio.sleep(0)  # its task starts waiting for the window
         waiting.cancel()
         await sent
-        await until(lambda: not conn._publishing_tasks)
-        assert conn._publishes_waiting == 0
+        await until(lambda: conn._send_queue._task is None)
+        assert len(conn._send_queue) == 0
         await conn.publish(b"after", routing_key=queue_name)
         assert _in_flight(conn) == 0
         assert await _bodies(conn, queue_name) == [b"sent", b"after"]
@@ -178,4 +178,37 @@ async def test_a_sent_publish_without_a_confirm_times_out_at_its_deadline(
         proxy.pass_through()
         proxy.cut()
         await asyncio.gather(patient, in_order)  # re-sent after the reconnect
+        await conn.delete_queue(queue_name)
+
+
+async def test_a_waiting_publish_with_a_shorter_timeout_expires_at_its_own_deadline(
+    rabbitmq_url: str, queue_name: str
+) -> None:
+    """Queued behind one with a longer timeout, it still fails at its own deadline, unsent."""
+    from urllib.parse import urlsplit
+
+    from leveret.testing import FaultProxy
+
+    url = urlsplit(rabbitmq_url)
+    assert url.hostname is not None
+    assert url.port is not None
+    proxy = FaultProxy(url.hostname, url.port)
+    async with (
+        proxy,
+        leveret.connect(proxy.url_for(rabbitmq_url), heartbeat=60, max_in_flight=1) as conn,
+    ):
+        await conn.declare_queue(queue_name)
+        await conn.publish(b"first", routing_key=queue_name)
+        proxy.blackhole()
+        unconfirmed = conn.publish(b"unconfirmed", routing_key=queue_name, timeout=30)
+        patient = conn.publish(b"patient", routing_key=queue_name, timeout=30)  # waits
+        hasty = conn.publish(b"hasty", routing_key=queue_name, timeout=0.2)  # waits behind
+        with pytest.raises(leveret.PublishTimeout, match=r"not sent within 0\.2s"):
+            await hasty
+        assert not patient.done()
+        assert [r.body for r in conn._send_queue.records() if not r.future.done()] == [b"patient"]
+        proxy.pass_through()
+        proxy.cut()
+        await asyncio.gather(unconfirmed, patient)
+        assert await _bodies(conn, queue_name) == [b"first", b"unconfirmed", b"patient"]
         await conn.delete_queue(queue_name)

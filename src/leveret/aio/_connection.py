@@ -66,6 +66,7 @@ from leveret.aio._message import Message
 from leveret.aio._publish_future import PublishFuture, wait_settled
 from leveret.aio._retry import Retry
 from leveret.aio._rpc import Handler, RpcClient, RpcServer
+from leveret.aio._send_queue import SendQueue
 from leveret.aio._state_changes import StateChanges
 from leveret.aio._stats import ConnectionStats, Counters, snapshot
 from leveret.aio._subscription import (
@@ -257,9 +258,7 @@ class Connection:
         self.max_in_flight = max_in_flight
         self._in_flight = 0  # publishes awaiting their confirm on this connection
         self._window_waiters: deque[asyncio.Future[None]] = deque()
-        # Publishes on the slow path (each a task), and how many of them have not sent yet.
-        self._publishing_tasks: set[asyncio.Task[None]] = set()
-        self._publishes_waiting = 0
+        self._send_queue = SendQueue(self)  # publishes that have to wait, in order
         self._publisher: Connection | None = None
         self._publisher_opening: asyncio.Task[Connection] | None = None
         self._recovery_gate: asyncio.Event | None = None  # the publisher waits for topology
@@ -1399,7 +1398,7 @@ class Connection:
                 self._check_usable()
             # Telemetry's span wraps the whole publish, so it takes the slow path; so does
             # every publish while an earlier one waits there, to keep them in order.
-            if traced is None and not self._publishes_waiting:
+            if traced is None and not self._send_queue:
                 target = self._publisher if self._separate_publisher else self
                 if target is not None:
                     future = target._send_at_once(
@@ -1419,45 +1418,6 @@ class Connection:
             failed.set_exception(exc)
             return failed
         future = PublishFuture(loop=self._loop)
-        self._publishes_waiting += 1
-        task = self._loop.create_task(
-            self._publish_later(
-                future,
-                exchange,
-                exchange_bytes,
-                routing_key,
-                routing_key_bytes,
-                body,
-                properties_bytes,
-                mandatory,
-                timeout,
-                traced,
-            )
-        )
-        self._publishing_tasks.add(task)
-        task.add_done_callback(self._publishing_tasks.discard)
-        future.add_done_callback(functools.partial(_cancel_unless_done, task))
-        return future
-
-    async def _publish_later(
-        self,
-        future: PublishFuture,
-        exchange: str,
-        exchange_bytes: bytes,
-        routing_key: str,
-        routing_key_bytes: bytes,
-        body: bytes,
-        properties_bytes: bytes,
-        mandatory: bool,
-        timeout: float | None,
-        traced: PublishOp | None,
-    ) -> None:
-        """The slow path, a task of its own: wait (bounded by the deadline) until it can send.
-
-        The outcome goes to the caller's `future`; cancelling that cancels this task.
-        """
-        deadline = None if timeout is None else self._loop.time() + timeout
-        target = self
         record = Outgoing(
             future,
             exchange,
@@ -1468,31 +1428,8 @@ class Connection:
             properties_bytes,
             mandatory,
         )
-        try:
-            try:
-                if self._separate_publisher:
-                    target = self._publisher or await self._open_publisher()
-                async with asyncio.timeout_at(deadline):
-                    await target._send_when_possible(record)
-            except TimeoutError:
-                raise PublishTimeout(
-                    f"publish to exchange {exchange!r} with routing key {routing_key!r} not "
-                    f"sent within {timeout}s ({target._waiting_for()})"
-                ) from None
-            finally:
-                self._publishes_waiting -= 1
-        except asyncio.CancelledError:
-            future.cancel()
-            self._end_traced(traced, future)
-            raise
-        except Exception as exc:  # noqa: BLE001 - the caller's future carries it
-            if not future.done():
-                future.set_exception(exc)
-            self._end_traced(traced, future)
-            return
-        target._sent(record, deadline)
-        if traced is not None:
-            future.add_done_callback(functools.partial(self._end_traced, traced))
+        self._send_queue.add(record, timeout, traced)
+        return future
 
     def _end_traced(self, traced: PublishOp | None, future: asyncio.Future[None]) -> None:
         if traced is None or self._telemetry is None:
@@ -1551,18 +1488,11 @@ class Connection:
         """The fast path: send now if nothing needs waiting for, and return the confirm's future.
 
         None when there is no publish channel yet, the link is down or paused, the
-        broker blocks publishing or the window is full: `_publish_later` then.
+        broker blocks publishing or the window is full: the send queue then.
         The publish counts as in flight until the broker answers it or its channel fails.
         """
-        channel = self._publish_channels.get(exchange)
-        if (
-            channel is None
-            or self._link_error is not None
-            or self._write_paused
-            or not self._unblocked.is_set()
-            or self._closing
-            or self._in_flight >= self.max_in_flight
-        ):
+        channel = self._channel_to_send_now(exchange)
+        if channel is None:
             return None
         # `_send` and `_sent`, inlined: this runs for every message.
         seq = self._core.publish(
@@ -1590,6 +1520,20 @@ class Connection:
         else:
             self._schedule_flush()
         return future
+
+    def _channel_to_send_now(self, exchange: str) -> ChannelHandle | None:
+        """The publish channel for `exchange` if a publish may go out right now, else None."""
+        channel = self._publish_channels.get(exchange)
+        if (
+            channel is None
+            or self._link_error is not None
+            or self._write_paused
+            or not self._unblocked.is_set()
+            or self._closing
+            or self._in_flight >= self.max_in_flight
+        ):
+            return None
+        return channel
 
     def _sent(self, record: Outgoing, deadline: float | None) -> None:
         if deadline is not None:
@@ -1688,8 +1632,11 @@ class Connection:
             return "the broker blocked publishing (a resource alarm)"
         return "waiting for the socket to drain"
 
-    async def _send_when_possible(self, record: Outgoing) -> None:
-        """The slow path: wait for a link, a publish channel, an unblocked broker, a drained socket."""
+    async def _wait_until_sendable(self, exchange: str) -> ChannelHandle:
+        """Wait for a link, a publish channel, an unblocked broker, a drained socket, a slot.
+
+        Returns the channel to send on at once (no await between this and the send).
+        """
         while True:
             if self._in_flight >= self.max_in_flight:
                 await self._wait_for_window()
@@ -1697,9 +1644,9 @@ class Connection:
                 await self._wait_connected(None)
             link = self._link_id
             try:
-                channel = self._publish_channels.get(record.exchange)
+                channel = self._publish_channels.get(exchange)
                 if channel is None:
-                    channel = await self._publish_channel(record.exchange)
+                    channel = await self._publish_channel(exchange)
             except ConnectionClosed:
                 if self._error is not None or not (self._reconnecting or self._link_id != link):
                     raise
@@ -1713,8 +1660,7 @@ class Connection:
                 and self._link_error is None
                 and self._in_flight < self.max_in_flight
             ):
-                self._send(channel, record)
-                return
+                return channel
 
     def _send(self, channel: ChannelHandle, record: Outgoing) -> None:
         seq = self._core.publish(
@@ -1730,6 +1676,8 @@ class Connection:
         self._schedule_flush()
 
     def _expire_publish(self, record: Outgoing) -> None:
+        if self._send_queue.expire(record):
+            return  # it was still waiting to be sent
         record.future.set_exception(
             PublishTimeout(
                 f"no confirm for the publish to exchange {record.exchange!r} with routing "
@@ -2172,10 +2120,6 @@ class Connection:
             else "reconnecting"
         )
         return f"<leveret.Connection {self.params.display()} {state}>"
-
-
-def _cancel_unless_done(task: asyncio.Task[None], _future: object) -> None:
-    task.cancel()  # a no-op once the task has sent: the caller only stopped waiting
 
 
 def _check_name(value: str, what: str) -> None:
