@@ -160,7 +160,7 @@ def stamp(prefix: bytes) -> bytes:
     built in one call: every publish without properties comes through here.
     """
     global _last_second, _last_timestamp
-    digits = str(next(_id_counter)).encode()
+    digits = b"%d" % next(_id_counter)
     second = int(time.time())
     if second != _last_second:
         _last_second = second

@@ -259,6 +259,7 @@ class Connection:
         self._in_flight = 0  # publishes awaiting their confirm on this connection
         self._window_waiters: deque[asyncio.Future[None]] = deque()
         self._send_queue = SendQueue(self)  # publishes that have to wait, in order
+        self._waiting_sends = self._send_queue.waiting
         self._publisher: Connection | None = None
         self._publisher_opening: asyncio.Task[Connection] | None = None
         self._recovery_gate: asyncio.Event | None = None  # the publisher waits for topology
@@ -1398,7 +1399,7 @@ class Connection:
                 self._check_usable()
             # Telemetry's span wraps the whole publish, so it takes the slow path; so does
             # every publish while an earlier one waits there, to keep them in order.
-            if traced is None and not self._send_queue:
+            if traced is None and not self._waiting_sends:
                 target = self._publisher if self._separate_publisher else self
                 if target is not None:
                     future = target._send_at_once(

@@ -31,17 +31,18 @@ class SendQueue:
 
     def __init__(self, connection: Connection) -> None:
         self._connection = connection
-        self._waiting: deque[tuple[Outgoing, float | None, PublishOp | None]] = deque()
+        # Public so that the publish fast path can test it without a call to __len__.
+        self.waiting: deque[tuple[Outgoing, float | None, PublishOp | None]] = deque()
         self._latest = -math.inf  # the latest deadline queued
         # Those queued behind a later deadline, watched by the connection's deadline sweep.
         self._behind: dict[Outgoing, float] = {}
         self._task: asyncio.Task[None] | None = None
 
     def __len__(self) -> int:
-        return len(self._waiting)
+        return len(self.waiting)
 
     def records(self) -> list[Outgoing]:
-        return [record for record, _, _ in self._waiting]
+        return [record for record, _, _ in self.waiting]
 
     def add(self, record: Outgoing, timeout: float | None, traced: PublishOp | None) -> None:
         """Queue `record`; its future fails with PublishTimeout if it is not sent within `timeout`."""
@@ -55,13 +56,13 @@ class SendQueue:
                 connection._deadlines.watch_anywhere(record)
             else:
                 self._latest = record.deadline
-        self._waiting.append((record, timeout, traced))
+        self.waiting.append((record, timeout, traced))
         if self._task is None:
             self._task = connection._loop.create_task(self._send_all())
 
     async def _send_all(self) -> None:
         connection = self._connection
-        waiting = self._waiting
+        waiting = self.waiting
         try:
             while waiting:
                 record, timeout, traced = waiting[0]
@@ -120,7 +121,7 @@ class SendQueue:
     def _expire_due(self, target: Connection) -> None:
         """Fail the waiting publishes whose deadlines have passed, from the front."""
         now = self._connection._loop.time()
-        waiting = self._waiting
+        waiting = self.waiting
         while waiting and waiting[0][0].deadline <= now:
             record, timeout, traced = waiting.popleft()
             self._behind.pop(record, None)
@@ -139,8 +140,8 @@ class SendQueue:
 
     def _fail_all(self, exc: BaseException | None) -> None:
         """Fail every waiting publish with `exc` (None: cancel them)."""
-        waiting = list(self._waiting)
-        self._waiting.clear()
+        waiting = list(self.waiting)
+        self.waiting.clear()
         self._behind.clear()
         for record, _, traced in waiting:
             if not record.future.done():
