@@ -6,10 +6,12 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
 import pytest
 
 import leveret
+from leveret.testing import FaultProxy
 
 
 @pytest.fixture
@@ -24,3 +26,13 @@ async def conn(rabbitmq_url: str) -> AsyncIterator[leveret.Connection]:
     """An open connection to the private broker, closed after the test."""
     async with leveret.connect(rabbitmq_url, name="leveret-tests") as connection:
         yield connection
+
+
+@pytest.fixture
+async def broker_proxy(rabbitmq_url: str) -> AsyncIterator[FaultProxy]:
+    """A fault proxy in front of the private broker: connect to `broker_proxy.url_for(url)`."""
+    url = urlsplit(rabbitmq_url)
+    assert url.hostname is not None
+    assert url.port is not None
+    async with FaultProxy(url.hostname, url.port) as fault_proxy:
+        yield fault_proxy

@@ -8,7 +8,6 @@ import gc
 import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -402,15 +401,6 @@ def _closed_port() -> int:
 # -- the proxy between leveret and the broker ---------------------------------------------------
 # The failure tests use reconnect=False: they check what a dead link looks like to the
 # caller.  Reconnecting through the proxy is tested in test_faults.py.
-
-
-@pytest.fixture
-async def broker_proxy(rabbitmq_url: str) -> AsyncIterator[FaultProxy]:
-    url = urlsplit(rabbitmq_url)
-    assert url.hostname is not None
-    assert url.port is not None
-    async with FaultProxy(url.hostname, url.port) as fault_proxy:
-        yield fault_proxy
 
 
 @pytest.mark.integration

@@ -8,6 +8,7 @@ import pytest
 
 import leveret
 from leveret.aio._publish_future import PublishFuture
+from leveret.testing import FaultProxy
 
 from ._pipeline import until
 
@@ -124,50 +125,34 @@ async def test_the_window_frees_the_slots_of_failed_and_abandoned_publishes(
 
 
 async def test_an_abandoned_unconfirmed_publish_frees_its_slot_at_recovery(
-    rabbitmq_url: str, queue_name: str
+    broker_proxy: FaultProxy, rabbitmq_url: str, queue_name: str
 ) -> None:
     """Sent, unconfirmed, given up by its caller, then the link drops: not re-sent, slot freed."""
-    from urllib.parse import urlsplit
-
-    from leveret.testing import FaultProxy
-
-    url = urlsplit(rabbitmq_url)
-    assert url.hostname is not None
-    assert url.port is not None
-    async with FaultProxy(url.hostname, url.port) as proxy:
-        backoff = leveret.Backoff(initial=0.05, maximum=0.2)
-        async with leveret.connect(proxy.url_for(rabbitmq_url), backoff=backoff) as conn:
-            await conn.declare_queue(queue_name, durable=True)
-            await conn.publish(b"first", routing_key=queue_name)
-            proxy.blackhole()
-            abandoned = conn.publish(b"abandoned", routing_key=queue_name)
-            assert _in_flight(conn) == 1  # sent (into the black hole), not confirmed
-            abandoned.cancel()
-            assert _in_flight(conn) == 1  # still on the books until the link says otherwise
-            proxy.cut()
-            proxy.pass_through()
-            await conn.publish(b"last", routing_key=queue_name)  # confirmed after recovery
-            assert _in_flight(conn) == 0
-            assert await _bodies(conn, queue_name) == [b"first", b"last"]
-            await conn.delete_queue(queue_name)
+    backoff = leveret.Backoff(initial=0.05, maximum=0.2)
+    async with leveret.connect(broker_proxy.url_for(rabbitmq_url), backoff=backoff) as conn:
+        await conn.declare_queue(queue_name, durable=True)
+        await conn.publish(b"first", routing_key=queue_name)
+        broker_proxy.blackhole()
+        abandoned = conn.publish(b"abandoned", routing_key=queue_name)
+        assert _in_flight(conn) == 1  # sent (into the black hole), not confirmed
+        abandoned.cancel()
+        assert _in_flight(conn) == 1  # still on the books until the link says otherwise
+        broker_proxy.cut()
+        broker_proxy.pass_through()
+        await conn.publish(b"last", routing_key=queue_name)  # confirmed after recovery
+        assert _in_flight(conn) == 0
+        assert await _bodies(conn, queue_name) == [b"first", b"last"]
+        await conn.delete_queue(queue_name)
 
 
 async def test_a_sent_publish_without_a_confirm_times_out_at_its_deadline(
-    rabbitmq_url: str, queue_name: str
+    broker_proxy: FaultProxy, rabbitmq_url: str, queue_name: str
 ) -> None:
     """Sent into a black hole: the deadline sweep fails it, the longer one waits on."""
-    from urllib.parse import urlsplit
-
-    from leveret.testing import FaultProxy
-
-    url = urlsplit(rabbitmq_url)
-    assert url.hostname is not None
-    assert url.port is not None
-    proxy = FaultProxy(url.hostname, url.port)
-    async with proxy, leveret.connect(proxy.url_for(rabbitmq_url), heartbeat=60) as conn:
+    async with leveret.connect(broker_proxy.url_for(rabbitmq_url), heartbeat=60) as conn:
         await conn.declare_queue(queue_name)
         await conn.publish(b"first", routing_key=queue_name)
-        proxy.blackhole()
+        broker_proxy.blackhole()
         patient = conn.publish(b"patient", routing_key=queue_name, timeout=30)
         hasty = conn.publish(b"hasty", routing_key=queue_name, timeout=0.2)  # out of order
         in_order = conn.publish(b"in order", routing_key=queue_name, timeout=40)
@@ -175,31 +160,22 @@ async def test_a_sent_publish_without_a_confirm_times_out_at_its_deadline(
             await hasty
         assert not patient.done()
         assert not in_order.done()
-        proxy.pass_through()
-        proxy.cut()
+        broker_proxy.pass_through()
+        broker_proxy.cut()
         await asyncio.gather(patient, in_order)  # re-sent after the reconnect
         await conn.delete_queue(queue_name)
 
 
 async def test_a_waiting_publish_with_a_shorter_timeout_expires_at_its_own_deadline(
-    rabbitmq_url: str, queue_name: str
+    broker_proxy: FaultProxy, rabbitmq_url: str, queue_name: str
 ) -> None:
     """Queued behind one with a longer timeout, it still fails at its own deadline, unsent."""
-    from urllib.parse import urlsplit
-
-    from leveret.testing import FaultProxy
-
-    url = urlsplit(rabbitmq_url)
-    assert url.hostname is not None
-    assert url.port is not None
-    proxy = FaultProxy(url.hostname, url.port)
-    async with (
-        proxy,
-        leveret.connect(proxy.url_for(rabbitmq_url), heartbeat=60, max_in_flight=1) as conn,
-    ):
+    async with leveret.connect(
+        broker_proxy.url_for(rabbitmq_url), heartbeat=60, max_in_flight=1
+    ) as conn:
         await conn.declare_queue(queue_name)
         await conn.publish(b"first", routing_key=queue_name)
-        proxy.blackhole()
+        broker_proxy.blackhole()
         unconfirmed = conn.publish(b"unconfirmed", routing_key=queue_name, timeout=30)
         patient = conn.publish(b"patient", routing_key=queue_name, timeout=30)  # waits
         hasty = conn.publish(b"hasty", routing_key=queue_name, timeout=0.2)  # waits behind
@@ -207,8 +183,8 @@ async def test_a_waiting_publish_with_a_shorter_timeout_expires_at_its_own_deadl
             await hasty
         assert not patient.done()
         assert [r.body for r in conn._send_queue.records() if not r.future.done()] == [b"patient"]
-        proxy.pass_through()
-        proxy.cut()
+        broker_proxy.pass_through()
+        broker_proxy.cut()
         await asyncio.gather(unconfirmed, patient)
         assert await _bodies(conn, queue_name) == [b"first", b"unconfirmed", b"patient"]
         await conn.delete_queue(queue_name)

@@ -503,26 +503,33 @@ def _decode_properties(data: bytes) -> Properties:
     if flags & _FLAG_PRIORITY:
         properties.priority = data[pos]
         pos += 1
-    for flag, name in _SHORTSTR_AFTER_PRIORITY:
+    pos = _read_shortstrs(properties, data, pos, size, flags, _SHORTSTR_AFTER_PRIORITY)
+    if flags & _FLAG_TIMESTAMP:
+        (seconds,) = _U64.unpack_from(data, pos)
+        pos += 8
+        properties.timestamp = _timestamp(seconds)
+    if flags & _AFTER_TIMESTAMP:
+        _read_shortstrs(properties, data, pos, size, flags, _SHORTSTR_AFTER_TIMESTAMP)
+    return properties
+
+
+def _read_shortstrs(
+    properties: Properties,
+    data: bytes,
+    pos: int,
+    size: int,
+    flags: int,
+    fields: tuple[tuple[int, str], ...],
+) -> int:
+    """Decode the short-string properties of `fields` that `flags` marks present; the new pos."""
+    for flag, name in fields:
         if flags & flag:
             end = pos + 1 + data[pos]
             if end > size:
                 raise ValueError("short string runs past the end of the header")
             setattr(properties, name, _decode_str(data[pos + 1 : end]))
             pos = end
-    if flags & _FLAG_TIMESTAMP:
-        (seconds,) = _U64.unpack_from(data, pos)
-        pos += 8
-        properties.timestamp = _timestamp(seconds)
-    if flags & _AFTER_TIMESTAMP:
-        for flag, name in _SHORTSTR_AFTER_TIMESTAMP:
-            if flags & flag:
-                end = pos + 1 + data[pos]
-                if end > size:
-                    raise ValueError("short string runs past the end of the header")
-                setattr(properties, name, _decode_str(data[pos + 1 : end]))
-                pos = end
-    return properties
+    return pos
 
 
 # -- frames out --------------------------------------------------------------------
