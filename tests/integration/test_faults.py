@@ -9,8 +9,6 @@ promises each run checks.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -22,27 +20,18 @@ from ._pipeline import FAST, Pipeline, run_pipeline, until
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-async def proxy(rabbitmq_url: str) -> AsyncIterator[FaultProxy]:
-    url = urlsplit(rabbitmq_url)
-    assert url.hostname is not None
-    assert url.port is not None
-    async with FaultProxy(url.hostname, url.port) as fault_proxy:
-        yield fault_proxy
-
-
 async def test_pipeline_survives_cuts_every_second(
-    proxy: FaultProxy, rabbitmq_url: str, queue_name: str
+    broker_proxy: FaultProxy, rabbitmq_url: str, queue_name: str
 ) -> None:
     cuts = 10
 
     async def fault(state: Pipeline) -> None:
         await until(lambda: len(state.received) > 100)
         for _ in range(cuts):
-            proxy.cut()
+            broker_proxy.cut()
             await asyncio.sleep(1.0)  # the scenario's rhythm, not a timing assertion
 
-    state = await run_pipeline(proxy.url_for(rabbitmq_url), queue_name, 20_000, fault)
+    state = await run_pipeline(broker_proxy.url_for(rabbitmq_url), queue_name, 20_000, fault)
     print("\n" + state.report("proxy cuts every second"))
     state.check(faults=cuts)
     # A cut that lands while a connection is still reconnecting finds nothing to cut.
@@ -50,14 +39,14 @@ async def test_pipeline_survives_cuts_every_second(
 
 
 async def test_blackhole_is_detected_by_heartbeats_then_recovered(
-    proxy: FaultProxy, rabbitmq_url: str, queue_name: str
+    broker_proxy: FaultProxy, rabbitmq_url: str, queue_name: str
 ) -> None:
     """A silent peer: HeartbeatTimeout after at most two intervals, then a new connection."""
     errors: list[BaseException | None] = []
 
     async def fault(state: Pipeline) -> None:
         await until(lambda: len(state.received) > 2_000)
-        proxy.blackhole()
+        broker_proxy.blackhole()
         # Every connection notices the silence on its own (heartbeat 1 s): wait for all,
         # the watcher included (cut first, it would see a reset instead).
         await until(
@@ -68,13 +57,15 @@ async def test_blackhole_is_detected_by_heartbeats_then_recovered(
             ),
             timeout=10,
         )
-        proxy.cut()  # what a partition leaves behind: dead sockets
-        proxy.pass_through()
+        broker_proxy.cut()  # what a partition leaves behind: dead sockets
+        broker_proxy.pass_through()
 
-    async with leveret.connect(proxy.url_for(rabbitmq_url), heartbeat=1, backoff=FAST) as watcher:
+    async with leveret.connect(
+        broker_proxy.url_for(rabbitmq_url), heartbeat=1, backoff=FAST
+    ) as watcher:
         watcher.add_listener(lambda state, error: errors.append(error))
         state = await run_pipeline(
-            proxy.url_for(rabbitmq_url),
+            broker_proxy.url_for(rabbitmq_url),
             queue_name,
             20_000,
             fault,
@@ -89,14 +80,14 @@ async def test_blackhole_is_detected_by_heartbeats_then_recovered(
 
 
 async def test_publishes_wait_while_the_broker_is_unreachable(
-    proxy: FaultProxy, rabbitmq_url: str, queue_name: str
+    broker_proxy: FaultProxy, rabbitmq_url: str, queue_name: str
 ) -> None:
     """Down for a while: publishes wait for the reconnect (bounded), then are confirmed."""
-    async with leveret.connect(proxy.url_for(rabbitmq_url), backoff=FAST) as conn:
+    async with leveret.connect(broker_proxy.url_for(rabbitmq_url), backoff=FAST) as conn:
         await conn.declare_queue(queue_name, durable=True)
         await conn.publish(b"before", routing_key=queue_name)
-        proxy.refuse()
-        proxy.cut()
+        broker_proxy.refuse()
+        broker_proxy.cut()
         await until(lambda: not conn.is_connected)
         waiting = [
             asyncio.ensure_future(conn.publish(b"during %d" % i, routing_key=queue_name))
@@ -104,9 +95,9 @@ async def test_publishes_wait_while_the_broker_is_unreachable(
         ]
         with pytest.raises(leveret.PublishTimeout, match="reconnecting"):
             await conn.publish(b"impatient", routing_key=queue_name, timeout=0.3)
-        await until(lambda: proxy.connections_refused >= 2)  # it kept trying
+        await until(lambda: broker_proxy.connections_refused >= 2)  # it kept trying
         assert not any(task.done() for task in waiting)
-        proxy.accept()
+        broker_proxy.accept()
         async with asyncio.timeout(30):
             await asyncio.gather(*waiting)
         info = await conn.declare_queue(queue_name, durable=True)
@@ -139,22 +130,22 @@ async def test_stop_app_three_times_under_load(
 
 
 async def test_exclusive_queue_recovers_on_the_next_url_despite_resource_locked(
-    proxy: FaultProxy, rabbitmq_url: str, queue_name: str
+    broker_proxy: FaultProxy, rabbitmq_url: str, queue_name: str
 ) -> None:
     """A silent link: the client moves to the next URL while the broker may still hold
     the old connection's exclusive queue (405 RESOURCE_LOCKED); recovery waits it out."""
     states: list[str] = []
-    urls = [proxy.url_for(rabbitmq_url), rabbitmq_url]
+    urls = [broker_proxy.url_for(rabbitmq_url), rabbitmq_url]
     async with leveret.connect(urls, heartbeat=2, backoff=FAST) as conn:
         conn.add_listener(lambda state, _error: states.append(state))
         await conn.declare_queue(queue_name, exclusive=True)
         async with conn.consume(queue_name) as messages:
-            proxy.blackhole()
+            broker_proxy.blackhole()
             await until(lambda: "reconnected" in states, timeout=60)
-            assert conn.params.port != proxy.port  # it moved on to the second URL
+            assert conn.params.port != broker_proxy.port  # it moved on to the second URL
             await conn.publish(b"after", routing_key=queue_name)
             async with asyncio.timeout(10):
                 message = await anext(messages)
             assert message.body == b"after"
             assert message.ack() is True
-        proxy.cut()
+        broker_proxy.cut()
