@@ -15,10 +15,11 @@ Runs the harness's workloads through leveret's public API only:
 
 Variants of publish_confirm: `leveret:tasks`, a task per `await conn.publish(...)` (what a
 coroutine-returning publish costs callers who wrap each one in a task); and, for the
-blocking facade (`leveret:blocking_many`, `leveret:blocking_threads`), to set beside
+blocking facade (`leveret:blocking_many`, `leveret:blocking_threads[_batch]`), to set beside
 pika's BlockingConnection (`pika`):
   blocking_many     `conn.publish_many(bodies)` from a plain thread
   blocking_threads  16 threads, each a loop of `conn.publish(body)` on one shared connection
+  blocking_threads_batch  the same, each thread's loop in `leveret.blocking.batch_scheduling()`
 
 From the project root, with the broker from `python -m leveret.testing start`:
     python ../shared/bench/run.py --client-dir benchmarks \
@@ -28,6 +29,7 @@ From the project root, with the broker from `python -m leveret.testing start`:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import time
 from typing import Any
@@ -181,9 +183,12 @@ def blocking_publish(args: Any) -> dict[str, Any]:
             counts = [share + (1 if i < extra else 0) for i in range(BLOCKING_THREADS)]
             done: list[int] = []
 
+            batch = args.variant == "blocking_threads_batch"
+
             def publisher(count: int) -> None:
-                for _ in range(count):
-                    conn.publish(body, routing_key=args.queue)
+                with leveret.blocking.batch_scheduling() if batch else contextlib.nullcontext():
+                    for _ in range(count):
+                        conn.publish(body, routing_key=args.queue)
                 done.append(count)
 
             threads = [threading.Thread(target=publisher, args=(c,)) for c in counts]
@@ -195,6 +200,8 @@ def blocking_publish(args: Any) -> dict[str, Any]:
             meter.stop()
             confirmed = sum(done)
             mode = f"{BLOCKING_THREADS} threads, each a loop of blocking conn.publish(), one connection"
+            if batch:
+                mode += ", each thread in leveret.blocking.batch_scheduling() (opt-in SCHED_BATCH)"
         depth = conn.declare_queue(args.queue, passive=True).message_count
     return {
         "meter": meter,
@@ -229,6 +236,13 @@ if __name__ == "__main__":
         run_main(
             "leveret",
             impl,
-            variants=("default", "tasks", "blocking_many", "blocking_threads", "defaults"),
+            variants=(
+                "default",
+                "tasks",
+                "blocking_many",
+                "blocking_threads",
+                "blocking_threads_batch",
+                "defaults",
+            ),
         )
     )

@@ -7,6 +7,8 @@ bug fails the test instead of hanging it.
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import threading
 import time
 from collections import Counter
@@ -139,14 +141,22 @@ def test_publish_many_raises_the_first_failure_after_every_outcome(
         conn.delete_queue(queue_name)
 
 
-def test_sixteen_threads_publish_on_one_connection(rabbitmq_url: str, queue_name: str) -> None:
+@pytest.mark.parametrize("batch", [False, True], ids=["default", "batch_scheduling"])
+def test_sixteen_threads_publish_on_one_connection(
+    rabbitmq_url: str, queue_name: str, batch: bool
+) -> None:
     threads, each = 16, 1000
     with leveret.blocking.connect(rabbitmq_url) as conn:
         conn.declare_queue(queue_name)
+        switched: list[bool] = []
 
         def publisher(thread: int) -> int:
-            for number in range(each):
-                conn.publish(b"%d.%d" % (thread, number), routing_key=queue_name)
+            with (
+                leveret.blocking.batch_scheduling() if batch else contextlib.nullcontext(False) as s
+            ):
+                switched.append(s)
+                for number in range(each):
+                    conn.publish(b"%d.%d" % (thread, number), routing_key=queue_name)
             return each
 
         started = time.perf_counter()
@@ -154,6 +164,8 @@ def test_sixteen_threads_publish_on_one_connection(rabbitmq_url: str, queue_name
             confirmed = sum(pool.map(publisher, range(threads)))
         elapsed = time.perf_counter() - started
         assert confirmed == threads * each
+        # Pool threads are reused, so each block found the default policy again.
+        assert switched == [batch and sys.platform.startswith("linux")] * threads
         print(f"\n16 threads x 1,000 publishes: {confirmed / elapsed:,.0f} msg/s")
 
         counts: Counter[bytes] = Counter()

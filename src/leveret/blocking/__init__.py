@@ -26,6 +26,7 @@ from leveret.blocking._connection import Body, Connection, connect
 from leveret.blocking._consumer import Consumer, Message
 from leveret.blocking._listening import Listening
 from leveret.blocking._rpc import Handler, Server
+from leveret.blocking._scheduling import batch_scheduling
 from leveret.blocking._subscription import MessageHandler, Subscription
 
 __all__ = [
@@ -41,5 +42,6 @@ __all__ = [
     "Retry",
     "Server",
     "Subscription",
+    "batch_scheduling",
     "connect",
 ]
