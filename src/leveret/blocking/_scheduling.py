@@ -6,13 +6,13 @@ preempts its waker on that core, finds the GIL taken, and sleeps again until
 the waker lets go: two extra context switches per message, which on a small
 machine cost more than the publish itself. Under SCHED_BATCH a woken thread
 does not preempt (it runs on an idle core, or at the next tick or sleep), and
-threaded publishing ran about 30% faster on the benchmarks machine.
+16 publishing threads ran 20-30% faster on the benchmarks machine.
 
 It is opt-in and scoped because it changes the thread's scheduling for
 everything it does in the block: its wakeups wait for a free core instead of
 preempting, which can add a scheduler tick (a few ms) of latency on a busy
-machine. Switching policy per publish would be cheaper to explain but was
-measured to lose the gain (each switch requeues the running thread).
+machine. Switching the policy around each publish instead was measured and
+dropped: it made more context switches, not fewer.
 """
 
 from __future__ import annotations
