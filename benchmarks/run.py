@@ -31,16 +31,16 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_HARNESS = ROOT.parent / "shared" / "bench" / "run.py"
 PEERS = ["aio_pika", "aiormq", "pika", "pika_select"]
+BATCH_THREADS = "leveret:blocking_threads_batch"  # the threads under opt-in SCHED_BATCH
 # leveret run another way (each on one workload, skipped on the others)
 VARIANTS = [
     "leveret:tasks",
     "leveret:blocking_many",
     "leveret:blocking_threads",
-    "leveret:blocking_threads_batch",
+    BATCH_THREADS,
     "leveret:defaults",
 ]
 BLOCKING = ["leveret:blocking_many", "leveret:blocking_threads"]
-BATCH_THREADS = "leveret:blocking_threads_batch"  # the threads under opt-in SCHED_BATCH
 CLIENTS = ["leveret", *VARIANTS, *PEERS, "raw_limit"]
 WORKLOADS = ["publish_confirm", "consume_ack", "rpc_latency"]
 BENCH_PACKAGES = ["aio-pika", "aiormq", "pika", "matplotlib"]

@@ -98,7 +98,7 @@ def test_a_thread_under_another_policy_is_left_alone() -> None:
 
 @linux_only
 def test_a_refused_switch_runs_the_block_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(pid: int, policy: int, param: object) -> None:
+    def refuse(pid: int, wanted: int, param: object) -> None:
         raise PermissionError(1, "Operation not permitted")
 
     monkeypatch.setattr(os, "sched_setscheduler", refuse)
