@@ -6,7 +6,7 @@ preempts its waker on that core, finds the GIL taken, and sleeps again until
 the waker lets go: two extra context switches per message, which on a small
 machine cost more than the publish itself. Under SCHED_BATCH a woken thread
 does not preempt (it runs on an idle core, or at the next tick or sleep), and
-16 publishing threads ran 20-30% faster on the benchmarks machine.
+16 publishing threads ran 20-65% faster on the benchmarks machine.
 
 It is opt-in and scoped because it changes the thread's scheduling for
 everything it does in the block: its wakeups wait for a free core instead of
