@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import pytest
@@ -24,22 +24,9 @@ linux_only = pytest.mark.skipif(
 
 
 def in_a_thread(function: Callable[[], T]) -> T:
-    outcome: list[T] = []
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            outcome.append(function())
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread
-            errors.append(exc)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join(10.0)
-    assert not thread.is_alive()
-    if errors:
-        raise errors[0]
-    return outcome[0]
+    """Run `function` in a fresh thread (one pool per call) and return or raise its outcome."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(function).result(timeout=10.0)
 
 
 def policy() -> int:
