@@ -182,7 +182,7 @@ async def test_a_waiting_publish_with_a_shorter_timeout_expires_at_its_own_deadl
         with pytest.raises(leveret.PublishTimeout, match=r"not sent within 0\.2s"):
             await hasty
         assert not patient.done()
-        assert [r.body for r in conn._send_queue.records() if not r.future.done()] == [b"patient"]
+        assert [r.body for r in conn._send_queue.records() if not r.done()] == [b"patient"]
         broker_proxy.pass_through()
         broker_proxy.cut()
         await asyncio.gather(unconfirmed, patient)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
-from leveret.aio._channel import Outgoing
+from leveret.aio._channel import Outgoing, new_outgoing
 from leveret.aio._deadlines import Deadlines
 
 
 def _record(loop: asyncio.AbstractEventLoop, name: str) -> Outgoing:
-    return Outgoing(loop.create_future(), "", b"\x00", name, b"", b"body", b"\x00\x00", False)
+    return new_outgoing(loop, "", b"\x00", name, b"", b"body", b"\x00\x00", False)
 
 
 class _Books:
@@ -44,13 +44,13 @@ async def test_expired_publishes_fail_and_later_ones_wait() -> None:
     books.send(_record(loop, "other channel"), now - 1, channel=1)
     books.send(late, now + 3600)
     books.send(_record(loop, "shorter timeout"), now - 3)  # out of order: the heap
-    confirmed.future.set_result(None)
+    confirmed.set_result(None)
     books.deadlines._sweep()
     assert sorted(books.expired) == ["first", "other channel", "shorter timeout"]
     assert len(books.deadlines) == 0  # the heap entry is gone once expired
     assert books.deadlines._timer is not None
     assert books.deadlines._timer.when() == now + 3600
-    assert not late.future.done()
+    assert not late.done()
     books.deadlines.cancel()
     assert books.deadlines._timer is None
 
@@ -67,7 +67,7 @@ async def test_a_sweep_stops_at_the_first_deadline_ahead_and_expires_nothing_twi
         books.send(record, now + 60 + n)
     books.deadlines._sweep()
     for record in due:
-        record.future.set_exception(TimeoutError())  # what the connection's expire does
+        record.set_exception(TimeoutError())  # what the connection's expire does
     books.deadlines._sweep()  # the expired ones are still unconfirmed: skipped, not again
     assert books.expired == ["due 0", "due 1", "due 2"]
     assert books.deadlines._timer_at == now + 60

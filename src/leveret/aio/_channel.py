@@ -6,8 +6,8 @@ confirm mode (one per exchange, so a 404 on one exchange fails only the
 publishes to it), or a consumer's channel (its own prefetch). When the
 broker closes a channel, only what used that channel fails.
 
-Unconfirmed publishes are kept as `Outgoing` records (everything needed to
-send them again), so that when the connection drops they can be re-sent on
+Unconfirmed publishes are kept as `Outgoing` records (the caller's future,
+carrying everything needed to send it again), so that when the connection drops they can be re-sent on
 the next one and their callers still get exactly one answer.
 """
 
@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from leveret.aio._publish_future import PublishFuture
 from leveret.exceptions import MessageReturned, PublishNacked
 from leveret.protocol import Returned
 
@@ -26,44 +27,59 @@ if TYPE_CHECKING:
     from leveret.aio._consumer import Consumer
     from leveret.aio._stats import Counters
 
-__all__ = ["ChannelHandle", "Outgoing"]
+__all__ = ["ChannelHandle", "Outgoing", "new_outgoing"]
 
 
-class Outgoing:
-    """One publish awaiting its confirm: its future and what it takes to send it again."""
+class Outgoing(PublishFuture):
+    """One publish awaiting its confirm: the caller's future, carrying what it takes to send it again.
+
+    The future is its own record, so a publish in flight is one object, not two:
+    publish is the hottest path, and each object costs an allocation, an
+    `__init__` call and a visit by the garbage collector while it lives.
+    """
 
     __slots__ = (
         "body",
         "deadline",
         "exchange",
         "exchange_bytes",
-        "future",
         "mandatory",
         "properties",
         "routing_key",
         "routing_key_bytes",
     )
 
-    def __init__(
-        self,
-        future: asyncio.Future[None],
-        exchange: str,
-        exchange_bytes: bytes,
-        routing_key: str,
-        routing_key_bytes: bytes,
-        body: bytes,
-        properties: bytes,
-        mandatory: bool,
-    ) -> None:
-        self.future = future
-        self.exchange = exchange
-        self.exchange_bytes = exchange_bytes
-        self.routing_key = routing_key
-        self.routing_key_bytes = routing_key_bytes
-        self.body = body
-        self.properties = properties
-        self.mandatory = mandatory
-        self.deadline = math.inf  # set by Deadlines.watch
+    body: bytes
+    deadline: float  # set by Deadlines.watch
+    exchange: str
+    exchange_bytes: bytes
+    mandatory: bool
+    properties: bytes
+    routing_key: str
+    routing_key_bytes: bytes
+
+
+def new_outgoing(
+    loop: asyncio.AbstractEventLoop,
+    exchange: str,
+    exchange_bytes: bytes,
+    routing_key: str,
+    routing_key_bytes: bytes,
+    body: bytes,
+    properties: bytes,
+    mandatory: bool,
+) -> Outgoing:
+    """A publish's record and future (`Connection._send_at_once` builds its own, inline)."""
+    record = Outgoing(loop=loop)
+    record.exchange = exchange
+    record.exchange_bytes = exchange_bytes
+    record.routing_key = routing_key
+    record.routing_key_bytes = routing_key_bytes
+    record.body = body
+    record.properties = properties
+    record.mandatory = mandatory
+    record.deadline = math.inf
+    return record
 
 
 class ChannelHandle:
@@ -129,17 +145,16 @@ class ChannelHandle:
             if record is None:
                 continue
             finished += 1
-            future = record.future
-            if future.done():
+            if record.done():
                 continue
             if returned and tag in returned:
-                future.set_exception(returned[tag])
+                record.set_exception(returned[tag])
             elif ack:
-                future.set_result(None)
+                record.set_result(None)
                 confirmed += 1
             else:
                 self.stats.nacked += 1
-                future.set_exception(
+                record.set_exception(
                     PublishNacked(
                         "the broker refused the message (basic.nack), e.g. a queue with "
                         "x-overflow=reject-publish is full"
@@ -219,8 +234,8 @@ class ChannelHandle:
                 future.set_exception(exc)
         confirms, self.confirms = self.confirms, {}
         for record in confirms.values():
-            if not record.future.done():
-                record.future.set_exception(exc)
+            if not record.done():
+                record.set_exception(exc)
         if confirms and self.on_settled is not None:
             self.on_settled(len(confirms))
         self.returns.clear()

@@ -35,6 +35,7 @@ import datetime
 import functools
 import itertools
 import logging
+import math
 import os
 import socket
 from collections import deque
@@ -57,7 +58,7 @@ from leveret._queue_arguments import (
 )
 from leveret._url import ConnectionParameters
 from leveret.aio._backoff import Backoff
-from leveret.aio._channel import ChannelHandle, Outgoing
+from leveret.aio._channel import ChannelHandle, Outgoing, new_outgoing
 from leveret.aio._consumer import Consumer
 from leveret.aio._deadlines import Deadlines
 from leveret.aio._drain import close_reason, drain_subscriptions
@@ -729,8 +730,8 @@ class Connection:
         self._reconnecting = False
         records, self._republish = self._republish, deque()
         for record in records:
-            if not record.future.done():
-                record.future.set_exception(exc)
+            if not record.done():
+                record.set_exception(exc)
         if records:
             self._records_settled(len(records))
         for consumer in list(self._active_consumers):
@@ -868,13 +869,13 @@ class Connection:
                 await self._recovery_gate.wait()
         while self._republish:
             record = self._republish.popleft()
-            if record.future.done():
+            if record.done():
                 self._records_settled(1)  # its caller gave up: not sent again
                 continue
             try:
                 channel = await self._publish_channel(record.exchange)
             except ChannelClosedByServer as exc:
-                record.future.set_exception(exc)
+                record.set_exception(exc)
                 self._records_settled(1)
                 continue
             except BaseException:
@@ -1418,9 +1419,8 @@ class Connection:
             failed = PublishFuture(loop=self._loop)
             failed.set_exception(exc)
             return failed
-        future = PublishFuture(loop=self._loop)
-        record = Outgoing(
-            future,
+        record = new_outgoing(
+            self._loop,
             exchange,
             exchange_bytes,
             routing_key,
@@ -1430,7 +1430,7 @@ class Connection:
             mandatory,
         )
         self._send_queue.add(record, timeout, traced)
-        return future
+        return record
 
     def _end_traced(self, traced: PublishOp | None, future: asyncio.Future[None]) -> None:
         if traced is None or self._telemetry is None:
@@ -1492,27 +1492,34 @@ class Connection:
         broker blocks publishing or the window is full: the send queue then.
         The publish counts as in flight until the broker answers it or its channel fails.
         """
-        channel = self._channel_to_send_now(exchange)
-        if channel is None:
+        channel = self._publish_channels.get(exchange)
+        if (
+            channel is None
+            or self._link_error is not None
+            or self._write_paused
+            or self._closing
+            or self._in_flight >= self.max_in_flight
+            or not self._unblocked.is_set()
+        ):
             return None
-        # `_send` and `_sent`, inlined: this runs for every message.
+        # `_channel_to_send_now`, `new_outgoing`, `_send` and `_sent`, inlined: this runs
+        # for every message.
         seq = self._core.publish(
             channel.id, exchange_bytes, routing_key_bytes, body, properties_bytes, mandatory
         )
-        future = PublishFuture(loop=self._loop)
-        record = Outgoing(
-            future,
-            exchange,
-            exchange_bytes,
-            routing_key,
-            routing_key_bytes,
-            body,
-            properties_bytes,
-            mandatory,
-        )
+        record = Outgoing(loop=self._loop)
+        record.exchange = exchange
+        record.exchange_bytes = exchange_bytes
+        record.routing_key = routing_key
+        record.routing_key_bytes = routing_key_bytes
+        record.body = body
+        record.properties = properties_bytes
+        record.mandatory = mandatory
         channel.confirms[seq] = record
         channel.confirm_high = seq
-        if timeout is not None:
+        if timeout is None:
+            record.deadline = math.inf
+        else:
             self._deadlines.watch(record, self._loop.time() + timeout)
         self._in_flight += 1
         self._stats.published += 1
@@ -1520,7 +1527,7 @@ class Connection:
             self._pending_writes += 1
         else:
             self._schedule_flush()
-        return future
+        return record
 
     def _channel_to_send_now(self, exchange: str) -> ChannelHandle | None:
         """The publish channel for `exchange` if a publish may go out right now, else None."""
@@ -1529,9 +1536,9 @@ class Connection:
             channel is None
             or self._link_error is not None
             or self._write_paused
-            or not self._unblocked.is_set()
             or self._closing
             or self._in_flight >= self.max_in_flight
+            or not self._unblocked.is_set()
         ):
             return None
         return channel
@@ -1679,7 +1686,7 @@ class Connection:
     def _expire_publish(self, record: Outgoing) -> None:
         if self._send_queue.expire(record):
             return  # it was still waiting to be sent
-        record.future.set_exception(
+        record.set_exception(
             PublishTimeout(
                 f"no confirm for the publish to exchange {record.exchange!r} with routing "
                 f"key {record.routing_key!r} before its deadline ({self._waiting_for()}); "
@@ -2074,7 +2081,7 @@ class Connection:
             transport.abort()
         elif self._connected.is_set() and self._link_error is None:
             pending = [
-                record.future
+                record
                 for channel in self._publish_channels.values()
                 for record in channel.confirms.values()
             ]

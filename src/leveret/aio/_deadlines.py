@@ -80,7 +80,7 @@ class Deadlines:
 
     def _push(self, record: Outgoing) -> None:
         heap = self._heap
-        while heap and heap[0][2].future.done():
+        while heap and heap[0][2].done():
             heapq.heappop(heap)
         heapq.heappush(heap, (record.deadline, next(self._order), record))
 
@@ -97,22 +97,22 @@ class Deadlines:
         upcoming = math.inf
         for records in self._in_send_order():
             for record in records:
-                if record.future.done():
+                if record.done():
                     continue  # answered meanwhile, or expired by an earlier sweep
                 if record.deadline > now:
                     upcoming = min(upcoming, record.deadline)
                     break  # every later one in this table is due later still
                 self._expire(record)
         for record in self._waiting():
-            if not record.future.done():
+            if not record.done():
                 if record.deadline <= now:
                     self._expire(record)
                 else:
                     upcoming = min(upcoming, record.deadline)
         heap = self._heap
-        while heap and (heap[0][2].future.done() or heap[0][0] <= now):
+        while heap and (heap[0][2].done() or heap[0][0] <= now):
             _, _, record = heapq.heappop(heap)
-            if not record.future.done():
+            if not record.done():
                 self._expire(record)
         if heap:
             upcoming = min(upcoming, heap[0][0])

@@ -11,7 +11,7 @@ working: the task simply waits for the confirm.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from typing import Any, NoReturn
 
 __all__ = ["PublishFuture", "wait_settled"]
@@ -47,7 +47,7 @@ class PublishFuture(asyncio.Future[None], Coroutine[Any, Any, None]):
         """Nothing to clean up: the publish goes on whether or not anything waits for it."""
 
 
-async def wait_settled(futures: list[asyncio.Future[None]], timeout: float | None) -> None:
+async def wait_settled(futures: Sequence[asyncio.Future[None]], timeout: float | None) -> None:
     """Wait, at most `timeout`, until every future is done.
 
     `asyncio.wait` refuses PublishFutures (they pass for coroutines), and a task

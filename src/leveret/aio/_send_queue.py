@@ -66,7 +66,7 @@ class SendQueue:
         try:
             while waiting:
                 record, timeout, traced = waiting[0]
-                if record.future.done():
+                if record.done():
                     waiting.popleft()  # its caller gave up (or it expired) before it was sent
                     self._behind.pop(record, None)
                     continue
@@ -88,25 +88,23 @@ class SendQueue:
                 except Exception as exc:  # noqa: BLE001 - the caller's future carries it
                     waiting.popleft()
                     self._behind.pop(record, None)
-                    if not record.future.done():
-                        record.future.set_exception(exc)
-                    connection._end_traced(traced, record.future)
+                    if not record.done():
+                        record.set_exception(exc)
+                    connection._end_traced(traced, record)
                     continue
                 waiting.popleft()
                 self._behind.pop(record, None)
-                if record.future.done():
+                if record.done():
                     continue  # cancelled while it waited: not sent
                 try:
                     target._send(channel, record)
                 except Exception as exc:  # noqa: BLE001 - e.g. a header over frame_max: refused
-                    record.future.set_exception(exc)
-                    connection._end_traced(traced, record.future)
+                    record.set_exception(exc)
+                    connection._end_traced(traced, record)
                     continue
                 target._sent(record, None if timeout is None else record.deadline)
                 if traced is not None:
-                    record.future.add_done_callback(
-                        functools.partial(connection._end_traced, traced)
-                    )
+                    record.add_done_callback(functools.partial(connection._end_traced, traced))
         except asyncio.CancelledError:
             self._fail_all(None)  # the loop is closing: nobody will send them
             raise
@@ -125,9 +123,9 @@ class SendQueue:
         while waiting and waiting[0][0].deadline <= now:
             record, timeout, traced = waiting.popleft()
             self._behind.pop(record, None)
-            if not record.future.done():
-                record.future.set_exception(_not_sent(record, timeout, target))
-                self._connection._end_traced(traced, record.future)
+            if not record.done():
+                record.set_exception(_not_sent(record, timeout, target))
+                self._connection._end_traced(traced, record)
 
     def expire(self, record: Outgoing) -> bool:
         """For the deadline sweep: fail `record` if it is still queued; False if it is not."""
@@ -135,7 +133,7 @@ class SendQueue:
         if timeout is None:
             return False
         target = self._connection._publisher or self._connection
-        record.future.set_exception(_not_sent(record, timeout, target))
+        record.set_exception(_not_sent(record, timeout, target))
         return True  # left in the queue: the task skips it, as it is done
 
     def _fail_all(self, exc: BaseException | None) -> None:
@@ -144,12 +142,12 @@ class SendQueue:
         self.waiting.clear()
         self._behind.clear()
         for record, _, traced in waiting:
-            if not record.future.done():
+            if not record.done():
                 if exc is None:
-                    record.future.cancel()
+                    record.cancel()
                 else:
-                    record.future.set_exception(exc)
-                self._connection._end_traced(traced, record.future)
+                    record.set_exception(exc)
+                self._connection._end_traced(traced, record)
 
 
 def _not_sent(record: Outgoing, timeout: float | None, target: Connection) -> PublishTimeout:

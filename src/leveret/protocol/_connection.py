@@ -93,6 +93,15 @@ class ChannelState(enum.Enum):
     CLOSED = "closed"
 
 
+# The per-frame and per-publish paths compare states with these names: a member looked
+# up on its enum class goes through the enum's metaclass, some 50 ns a time.
+_CONNECTION_AWAIT_START = ConnectionState.AWAIT_START
+_CONNECTION_OPEN = ConnectionState.OPEN
+_CONNECTION_CLOSED = ConnectionState.CLOSED
+_CHANNEL_OPEN = ChannelState.OPEN
+_CHANNEL_CLOSING = ChannelState.CLOSING
+
+
 class Credentials:
     """A SASL mechanism and its response: PLAIN (user and password) or EXTERNAL (TLS cert)."""
 
@@ -349,7 +358,7 @@ class AMQPConnection:
         pos = 0
         size_total = len(source)
         try:
-            if self.state is ConnectionState.AWAIT_START and source[:4] == b"AMQP":
+            if self.state is _CONNECTION_AWAIT_START and source[:4] == b"AMQP":
                 # The broker answers an unsupported protocol header with its own (ref: 4.2.2).
                 raise RemoteProtocolError(
                     f"broker refused protocol AMQP 0-9-1 and offered {bytes(source[:8])!r}"
@@ -410,7 +419,7 @@ class AMQPConnection:
 
     def _closed(self) -> bool:
         # A method, so that mypy does not keep a narrowing of self.state across calls.
-        return self.state is ConnectionState.CLOSED
+        return self.state is _CONNECTION_CLOSED
 
     def _fail(self, exc: RemoteProtocolError) -> None:
         """Queue connection.close for a protocol violation and stop accepting input."""
@@ -510,7 +519,7 @@ class AMQPConnection:
             raise RemoteProtocolError("method frame shorter than its class and method ids", 502)
         (index,) = _codec.CLASS_METHOD_INT.unpack_from(payload, 0)
         state = channel.state
-        if index == BASIC_DELIVER and state is ChannelState.OPEN:
+        if index == BASIC_DELIVER and state is _CHANNEL_OPEN:
             # Hot path: consumer tag, delivery tag, redelivered, exchange, routing key.
             consumer_tag, pos = _codec.read_shortstr(payload, 4)
             if len(payload) < pos + 9:
@@ -523,7 +532,7 @@ class AMQPConnection:
                 channel_id, consumer_tag, delivery_tag, redelivered, exchange, routing_key, None
             )
             return
-        if index in (BASIC_ACK, BASIC_NACK) and state is ChannelState.OPEN:
+        if index in (BASIC_ACK, BASIC_NACK) and state is _CHANNEL_OPEN:
             if len(payload) < 13:
                 raise RemoteProtocolError("truncated basic.ack/nack", 502)
             (tag,) = _U64.unpack_from(payload, 4)
@@ -640,7 +649,7 @@ class AMQPConnection:
             )
         content = channel.content
         if content is None or channel.body_remaining != -1:
-            if channel.state is ChannelState.CLOSING:
+            if channel.state is _CHANNEL_CLOSING:
                 return
             raise RemoteProtocolError(f"unexpected content header on channel {channel_id}", 505)
         class_id, body_size = _codec.decode_header_prefix(payload)
@@ -671,7 +680,7 @@ class AMQPConnection:
         content = channel.content
         remaining = channel.body_remaining
         if content is None or remaining <= 0:
-            if channel.state is ChannelState.CLOSING:
+            if channel.state is _CHANNEL_CLOSING:
                 return
             raise RemoteProtocolError(f"unexpected content body on channel {channel_id}", 505)
         size = len(payload)
@@ -778,8 +787,8 @@ class AMQPConnection:
         channel = self._channels.get(channel_id)
         if (
             channel is None
-            or channel.state is not ChannelState.OPEN
-            or self.state is not ConnectionState.OPEN
+            or channel.state is not _CHANNEL_OPEN
+            or self.state is not _CONNECTION_OPEN
         ):
             self._require_open()
             self._open_channel_obj(channel_id)
@@ -824,8 +833,8 @@ class AMQPConnection:
         channel = self._channels.get(channel_id)
         if (
             channel is None
-            or channel.state is not ChannelState.OPEN
-            or self.state is not ConnectionState.OPEN
+            or channel.state is not _CHANNEL_OPEN
+            or self.state is not _CONNECTION_OPEN
         ):
             return False  # a delivery tag from a dead channel must never reach a new one
         out = self._out
