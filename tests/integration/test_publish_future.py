@@ -188,3 +188,17 @@ async def test_a_waiting_publish_with_a_shorter_timeout_expires_at_its_own_deadl
         await asyncio.gather(unconfirmed, patient)
         assert await _bodies(conn, queue_name) == [b"first", b"unconfirmed", b"patient"]
         await conn.delete_queue(queue_name)
+
+
+async def test_a_confirmed_future_no_longer_holds_its_message_body(
+    conn: leveret.Connection, queue_name: str
+) -> None:
+    # The future is also the publish's record (what a reconnect sends again): once the
+    # broker has answered, a caller keeping its futures must not keep every body too.
+    await conn.declare_queue(queue_name)
+    body = b"b" * 100_000
+    futures = [conn.publish(body, routing_key=queue_name) for _ in range(3)]
+    assert [getattr(future, "body", None) for future in futures] == [body] * 3
+    await asyncio.gather(*futures)
+    assert [getattr(future, "body", None) for future in futures] == [b""] * 3
+    assert await _bodies(conn, queue_name) == [body] * 3

@@ -145,6 +145,8 @@ class ChannelHandle:
             if record is None:
                 continue
             finished += 1
+            # Answered: the caller may keep its future a long time, the body need not stay.
+            record.body = b""
             if record.done():
                 continue
             if returned and tag in returned:
