@@ -7,8 +7,9 @@ publishes to it), or a consumer's channel (its own prefetch). When the
 broker closes a channel, only what used that channel fails.
 
 Unconfirmed publishes are kept as `Outgoing` records (the caller's future,
-carrying everything needed to send it again), so that when the connection drops they can be re-sent on
-the next one and their callers still get exactly one answer.
+carrying everything needed to send it again), so that when the connection
+drops they can be re-sent on the next one and their callers still get exactly
+one answer.
 """
 
 from __future__ import annotations

@@ -1492,18 +1492,10 @@ class Connection:
         broker blocks publishing or the window is full: the send queue then.
         The publish counts as in flight until the broker answers it or its channel fails.
         """
-        channel = self._publish_channels.get(exchange)
-        if (
-            channel is None
-            or self._link_error is not None
-            or self._write_paused
-            or self._closing
-            or self._in_flight >= self.max_in_flight
-            or not self._unblocked.is_set()
-        ):
+        channel = self._channel_to_send_now(exchange)
+        if channel is None:
             return None
-        # `_channel_to_send_now`, `new_outgoing`, `_send` and `_sent`, inlined: this runs
-        # for every message.
+        # `new_outgoing`, `_send` and `_sent`, inlined: this runs for every message.
         seq = self._core.publish(
             channel.id, exchange_bytes, routing_key_bytes, body, properties_bytes, mandatory
         )

@@ -227,33 +227,29 @@ class Subscription:
                 consumer.wake()  # the runner raises it once the buffer is drained
 
     async def _handle(self, message: Message) -> None:
-        # The task takes itself off the books as its last step, rather than in a done
-        # callback: that callback would cost every message one more event-loop turn.
-        # (A task cancelled before it started never gets here: the callback stays.)
         try:
-            try:
-                if self._telemetry is None:
-                    await self._handler(message)
-                else:
-                    await self._telemetry.process(message, self._consumer.queue, self._handler)
-            except asyncio.CancelledError:
-                raise  # closing: the message is requeued with the channel
-            except Exception as exc:  # noqa: BLE001 - the policy below decides; never lost
-                self.failed += 1
-                if message.settled or message.stale:
-                    log.warning(
-                        "leveret: handler for %r raised after settling: %r", self.queue, exc
-                    )
-                    return
-                if self.retry is not None:
-                    await self.retry.failed(self._connection, self._consumer.queue, message, exc)
-                else:
-                    self._apply_policy(message, exc)
-                return
+            if self._telemetry is None:
+                await self._handler(message)
+            else:
+                await self._telemetry.process(message, self._consumer.queue, self._handler)
+        except asyncio.CancelledError:
+            raise  # closing: the message is requeued with the channel
+        except Exception as exc:  # noqa: BLE001 - the policy below decides; never lost
+            self.failed += 1
+            if message.settled or message.stale:
+                log.warning("leveret: handler for %r raised after settling: %r", self.queue, exc)
+            elif self.retry is not None:
+                await self.retry.failed(self._connection, self._consumer.queue, message, exc)
+            else:
+                self._apply_policy(message, exc)
+        else:
             self.handled += 1
             if not message.settled:
                 message.ack()
         finally:
+            # The task takes itself off the books as its last step, rather than in its done
+            # callback, which would cost every message one more event-loop turn. (A task
+            # cancelled before it started never gets here: the callback stays for it.)
             task = asyncio.current_task()
             if task is not None and task in self._tasks:
                 task.remove_done_callback(self._finished)
