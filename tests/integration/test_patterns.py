@@ -7,6 +7,7 @@ import itertools
 import re
 import time
 from collections import Counter
+from typing import Any
 
 import pytest
 
@@ -63,6 +64,35 @@ async def test_subscribe_runs_up_to_concurrency_handlers_and_acks_each(
     assert subscription.handled == 40
     assert most == 8
     assert sorted(done) == sorted(b"%d" % n for n in range(40))
+    assert (await conn.declare_queue(queue_name, passive=True)).message_count == 0
+
+
+async def test_handlers_that_never_await_run_in_order_as_tasks_without_recursing(
+    conn: leveret.Connection, queue_name: str
+) -> None:
+    # A handler's first step runs as soon as its message arrives; one that never awaits
+    # is done in that step, and the next buffered message starts after it, not inside it:
+    # thousands of them in one read must not nest (RecursionError) nor reorder.
+    count = 3000
+    await conn.declare_queue(queue_name, exclusive=True)
+    await asyncio.gather(*(conn.publish(b"%d" % n, routing_key=queue_name) for n in range(count)))
+    seen: list[bytes] = []
+    tasks: set[asyncio.Task[Any] | None] = set()
+    all_done = asyncio.Event()
+
+    async def handler(message: leveret.Message) -> None:
+        seen.append(message.body)
+        tasks.add(asyncio.current_task())
+        if len(seen) == count:
+            all_done.set()
+
+    async with conn.subscribe(queue_name, handler, concurrency=1, prefetch=count) as subscription:
+        await asyncio.wait_for(all_done.wait(), BOUND)
+    assert seen == [b"%d" % n for n in range(count)]
+    assert None not in tasks
+    assert len(tasks) == count
+    assert subscription.handled == count
+    assert subscription.failed == 0
     assert (await conn.declare_queue(queue_name, passive=True)).message_count == 0
 
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from leveret.aio._consumer import Consumer
 from leveret.aio._drain import finish_handlers
+from leveret.aio._eager import EagerStart
 from leveret.aio._message import Message
 from leveret.aio._retry import Retry
 from leveret.exceptions import ConsumerTimeout
@@ -86,6 +87,7 @@ class Subscription:
         self.retry = retry
         self._runner: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._dispatching = False  # _dispatch is running: a nested call leaves it to that one
         self._closed = False
         self._failure: BaseException | None = None
         self.handled = 0  # messages whose handler returned
@@ -200,14 +202,25 @@ class Subscription:
             consumer.on_arrival = None
 
     def _dispatch(self) -> None:
+        if self._dispatching:
+            return  # a handler that finished in its first step: the loop below goes on
         consumer = self._consumer
-        while len(self._tasks) < self.concurrency and not self._closed:
-            message = consumer.take()
-            if message is None:
-                return
-            task = self._connection._loop.create_task(self._handle(message))
-            self._tasks.add(task)
-            task.add_done_callback(self._finished)
+        loop = self._connection._loop
+        self._dispatching = True
+        try:
+            while len(self._tasks) < self.concurrency and not self._closed:
+                message = consumer.take()
+                if message is None:
+                    return
+                # The handler's first step runs now, not a loop turn later: an RPC
+                # reply goes out in the turn that read its request.
+                start = EagerStart(loop, self._handle(message))
+                task = start.task
+                self._tasks.add(task)
+                task.add_done_callback(self._finished)
+                start.step()
+        finally:
+            self._dispatching = False
 
     def _consumer_timed_out(self, exc: ConsumerTimeout) -> None:
         self.timed_out += 1
