@@ -8,7 +8,7 @@ Runs the harness's workloads through leveret's public API only:
   consume_ack       `async with conn.consume(q, prefetch=...)`, `async for`, `msg.ack()`
   rpc_latency       `conn.serve(q, handler, no_ack=True)` on one connection, sequential
                     `await conn.call(q, body, expire_unanswered=False)` on another
-                    (direct reply-to): the workload's no-ack consumers and no TTL.
+                    (replies to its reply queue): the workload's no-ack consumers, no TTL.
                     Variant `leveret:defaults` keeps leveret's defaults, which cost
                     the broker more per call: each request acked after its reply (in
                     the same write) and expiring after the call's timeout
@@ -150,7 +150,7 @@ async def rpc_latency(args: Any) -> dict[str, Any]:
         "meter": meter,
         "verified": ok,
         **latency_stats(samples),
-        "mode": "sequential conn.call() via direct reply-to; "
+        "mode": "sequential conn.call(), replies to the client's exclusive reply queue; "
         + (
             "leveret's defaults: requests expire after the call's timeout, conn.serve() "
             "sends each reply and the request's ack in one write"

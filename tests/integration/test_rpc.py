@@ -1,4 +1,4 @@
-"""RPC (`conn.call` over direct reply-to, `conn.serve`) against the real broker.
+"""RPC (`conn.call` with a reply queue or direct reply-to, `conn.serve`) against the real broker.
 
 Every wait is bounded (WAIT), so a bug fails a test instead of hanging it; no
 assertion depends on how long something took. Conditions the broker reaches
@@ -21,6 +21,7 @@ import pytest
 
 import leveret
 import leveret.blocking
+from leveret.aio._rpc import _ReplySink
 from leveret.testing import RabbitMQNode
 
 pytestmark = pytest.mark.integration
@@ -200,7 +201,7 @@ async def test_many_timed_out_calls_leak_nothing_and_their_requests_expire(
     assert deaths[0]["reason"] == "expired"
     assert deaths[0]["original-expiration"] == "300"  # the call's timeout, in ms
     assert expired.properties.reply_to is not None
-    assert expired.properties.reply_to.startswith("amq.rabbitmq.reply-to")
+    assert expired.properties.reply_to.startswith("amq.gen-")  # the client's reply queue
     expired.ack()
     await conn.delete_queue(queue_name)
     await conn.delete_queue(dlq)
@@ -348,8 +349,8 @@ async def test_a_request_held_by_a_killed_server_is_answered_by_another(
 async def test_a_call_in_flight_when_the_client_reconnects_fails_at_once(
     conn: leveret.Connection, rabbitmq: RabbitMQNode, rabbitmq_url: str, queue_name: str
 ) -> None:
-    # The reply-to address of a call names the channel it was sent on: once that channel
-    # is gone the reply can never arrive, so the call must fail with the connection's
+    # The reply-to address of a call names a queue exclusive to the connection: once that
+    # connection is gone the reply can never arrive, so the call must fail with the connection's
     # error instead of waiting for its timeout; and calls after the reconnect work.
     client_name = f"rpc-client-{uuid.uuid4().hex[:8]}"
     started = asyncio.Event()
@@ -379,7 +380,7 @@ async def test_a_call_in_flight_when_the_client_reconnects_fails_at_once(
                 await client.wait_connected(WAIT)
                 reply = await client.call(queue_name, b"after", timeout=WAIT)
                 assert reply.body == b"echo:after"
-            sinks = [c for c in client._active_consumers if c.queue == "amq.rabbitmq.reply-to"]
+            sinks = [c for c in client._active_consumers if isinstance(c, _ReplySink)]
             assert len(sinks) == 1  # one reply consumer, not one more per reconnect
     finally:
         await client.close()
@@ -615,3 +616,86 @@ async def test_serve_refuses_a_no_ack_that_is_not_a_bool(
 ) -> None:
     with pytest.raises(TypeError, match="no_ack must be True or False, got 'yes'"):
         conn.serve(queue_name, echo, no_ack="yes")  # type: ignore[arg-type]
+
+
+# -- 7. where replies come -----------------------------------------------------------------------
+
+
+async def test_replies_come_to_an_exclusive_queue_that_goes_with_the_connection(
+    conn: leveret.Connection, rabbitmq_url: str, queue_name: str
+) -> None:
+    reply_addresses: list[str | None] = []
+
+    async def handler(request: leveret.Message) -> bytes:
+        reply_addresses.append(request.properties.reply_to)
+        return b"echo:" + request.body
+
+    await conn.declare_queue(queue_name)
+    async with conn.serve(queue_name, handler):
+        async with leveret.connect(rabbitmq_url) as client:
+            assert (await client.call(queue_name, b"a", timeout=WAIT)).body == b"echo:a"
+            assert (await client.call(queue_name, b"b", timeout=WAIT)).body == b"echo:b"
+            reply_queue = reply_addresses[0]
+            assert reply_queue is not None
+            assert reply_queue.startswith("amq.gen-")
+            assert reply_addresses == [reply_queue, reply_queue]  # one queue for all calls
+            with pytest.raises(leveret.ResourceLocked):  # exclusive to the client's connection
+                await conn.declare_queue(reply_queue, passive=True)
+        with pytest.raises(leveret.NotFound):  # and gone with it
+            await conn.declare_queue(reply_queue, passive=True)
+    await conn.delete_queue(queue_name)
+
+
+async def test_direct_reply_to_on_request(
+    conn: leveret.Connection, rabbitmq_url: str, queue_name: str
+) -> None:
+    reply_addresses: list[str | None] = []
+
+    async def handler(request: leveret.Message) -> bytes:
+        reply_addresses.append(request.properties.reply_to)
+        return b"echo:" + request.body
+
+    await conn.declare_queue(queue_name)
+    async with (
+        conn.serve(queue_name, handler),
+        leveret.connect(rabbitmq_url, rpc_replies="direct") as client,
+    ):
+        replies = await asyncio.wait_for(
+            asyncio.gather(*(client.call(queue_name, b"%d" % i) for i in range(20))), WAIT
+        )
+    assert [reply.body for reply in replies] == [b"echo:%d" % i for i in range(20)]
+    assert all(
+        address is not None and address.startswith("amq.rabbitmq.reply-to.")
+        for address in reply_addresses
+    ), reply_addresses
+    await conn.delete_queue(queue_name)
+
+
+async def test_a_user_refused_a_reply_queue_gets_replies_over_direct_reply_to(
+    conn: leveret.Connection,
+    rabbitmq: RabbitMQNode,
+    queue_name: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    user, password = f"rpc-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    rabbitmq.add_user(user, password, configure="", write=".*", read=".*")  # may declare nothing
+    await conn.declare_queue(queue_name)
+    try:
+        async with conn.serve(queue_name, echo):
+            url = f"amqp://{user}:{password}@127.0.0.1:{rabbitmq.port}/"
+            async with leveret.connect(url) as client:
+                with caplog.at_level(logging.WARNING, logger="leveret.rpc"):
+                    first = await client.call(queue_name, b"first", timeout=WAIT)
+                second = await client.call(queue_name, b"second", timeout=WAIT)
+    finally:
+        rabbitmq.delete_user(user)
+    assert (first.body, second.body) == (b"echo:first", b"echo:second")
+    refusals = [r for r in caplog.records if "direct reply-to" in r.getMessage()]
+    assert len(refusals) == 1, caplog.text
+    assert "403" in refusals[0].getMessage()
+    await conn.delete_queue(queue_name)
+
+
+def test_connect_refuses_an_unknown_rpc_replies() -> None:
+    with pytest.raises(ValueError, match="rpc_replies must be 'queue' or 'direct', got 'pigeon'"):
+        leveret.connect("amqp://127.0.0.1/", rpc_replies="pigeon")  # type: ignore[arg-type]

@@ -11,6 +11,7 @@ from typing import Any
 from leveret._url import ConnectionParameters, parse_url
 from leveret.aio._backoff import Backoff
 from leveret.aio._connection import DEFAULT_MAX_MESSAGE_SIZE, Connection
+from leveret.aio._rpc import RpcReplies, check_rpc_replies
 from leveret.telemetry import TelemetryOption, check_option, resolve
 
 __all__ = ["connect"]
@@ -118,6 +119,7 @@ def connect(
     stamp_messages: bool = True,
     telemetry: TelemetryOption = None,
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    rpc_replies: RpcReplies = "queue",
 ) -> _Connecting:
     """Connect to RabbitMQ: `async with leveret.connect(url) as conn:` or `conn = await connect(url)`.
 
@@ -144,6 +146,9 @@ def connect(
     anything is sent. `telemetry` turns OpenTelemetry spans and metrics on
     or off (see `leveret.telemetry`; by default on when the program
     configured an OpenTelemetry SDK). `conn.stats()` counts either way.
+    `rpc_replies` is where `conn.call()` has replies sent: "queue" (an
+    exclusive reply queue of the connection, the faster) or "direct"
+    (RabbitMQ's direct reply-to: no queue, no configure permission needed).
     """
     if (
         not isinstance(max_message_size, int)
@@ -173,6 +178,7 @@ def connect(
             f"publish_timeout must be positive seconds or None, got {publish_timeout!r}"
         )
     check_option(telemetry)
+    check_rpc_replies(rpc_replies)
     if backoff is not None and not isinstance(backoff, Backoff):
         raise TypeError(f"backoff must be a leveret.Backoff, got {type(backoff).__name__}")
     urls: Sequence[str | ConnectionParameters]
@@ -196,5 +202,6 @@ def connect(
         "max_in_flight": max_in_flight,
         "stamp_messages": bool(stamp_messages),
         "max_message_size": max_message_size,
+        "rpc_replies": rpc_replies,
     }
     return _Connecting(candidates, options, telemetry)

@@ -66,7 +66,7 @@ from leveret.aio._listening import Listening
 from leveret.aio._message import Message
 from leveret.aio._publish_future import PublishFuture, wait_settled
 from leveret.aio._retry import Retry
-from leveret.aio._rpc import Handler, RpcClient, RpcServer
+from leveret.aio._rpc import Handler, RpcClient, RpcReplies, RpcServer
 from leveret.aio._send_queue import SendQueue
 from leveret.aio._state_changes import StateChanges
 from leveret.aio._stats import ConnectionStats, Counters, snapshot
@@ -211,6 +211,7 @@ class Connection:
         stamp_messages: bool = True,
         telemetry: Instrumentation | None = None,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        rpc_replies: RpcReplies = "queue",
     ) -> None:
         if isinstance(candidates, ConnectionParameters):
             candidates = [candidates]
@@ -224,6 +225,7 @@ class Connection:
         self.publish_timeout = publish_timeout
         self.operation_timeout = operation_timeout
         self.stamp_messages = stamp_messages
+        self.rpc_replies = rpc_replies  # where conn.call() has its replies come
         self._telemetry = telemetry  # None unless OpenTelemetry is on: one check per message
         self._stats = Counters()
         self.max_message_size = max_message_size  # bodies over it never leave the process
@@ -1945,9 +1947,10 @@ class Connection:
         properties: Properties | None = None,
         expire_unanswered: bool = True,
     ) -> Message:
-        """Send a request and wait for its reply (direct reply-to); returns the reply message.
+        """Send a request and wait for its reply; returns the reply message.
 
-        Raises RPCTimeout after `timeout` seconds, RemoteError when the
+        Replies come to a reply queue exclusive to the connection, or over
+        direct reply-to (see `connect(rpc_replies=)`). Raises RPCTimeout after `timeout` seconds, RemoteError when the
         server's handler raised, MessageReturned when no queue takes the
         request. With `expire_unanswered`, the request carries `timeout` as its
         expiration, so nobody works on it after the caller gave up. `body`
@@ -1961,7 +1964,7 @@ class Connection:
         if type(body) is not bytes:
             body, content_type = encode_body(body)
         if self._rpc_client is None:
-            self._rpc_client = RpcClient(self)
+            self._rpc_client = RpcClient(self, self.rpc_replies)
         if self._telemetry is not None:  # a CLIENT span; its context goes in a copy of properties
             return await self._telemetry.call(
                 self._rpc_client.call,

@@ -1,12 +1,20 @@
-"""RPC over RabbitMQ: `conn.call()` with direct reply-to, `conn.serve()` for handlers.
+"""RPC over RabbitMQ: `conn.call()` and `conn.serve()` for handlers.
 
-The client publishes requests and consumes replies on one channel, as
-direct reply-to requires (a no-ack consumer on `amq.rabbitmq.reply-to`, on
-the channel the requests go out on). Calls are matched by correlation id,
-so any number may be in flight at once; a call that times out or is
-cancelled leaves the pending table at once, and its late reply is dropped
-with a debug log. Calls in flight when the connection drops fail with its
-error at once: their replies were addressed to a channel that is gone.
+The client publishes requests and consumes replies on one channel. Replies
+come to an exclusive, server-named reply queue of the connection (declared
+on the first call, gone with the connection), or, with
+`rpc_replies="direct"`, over RabbitMQ's direct reply-to (a no-ack consumer
+on `amq.rabbitmq.reply-to`, which needs no queue and no configure
+permission). The queue is the default because it is the faster of the two:
+measured on RabbitMQ 3.10, a sequential round trip took about 10% less time
+and the broker about 15% less CPU per call (docs/benchmarks.md). A user the
+broker refuses the queue to (403) gets direct reply-to instead.
+
+Calls are matched by correlation id, so any number may be in flight at
+once; a call that times out or is cancelled leaves the pending table at
+once, and its late reply is dropped with a debug log. Calls in flight when
+the connection drops fail with its error at once: their replies were
+addressed to a queue (or channel) that is gone.
 
 Requests are published mandatory but without publisher confirms: the reply
 is the end-to-end confirmation, and a confirm would cost every call one more
@@ -27,7 +35,7 @@ import os
 import traceback
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pamqp import commands
 
@@ -37,6 +45,7 @@ from leveret.aio._consumer import Consumer
 from leveret.aio._message import Message
 from leveret.aio._subscription import Subscription, check_subscription_options
 from leveret.exceptions import (
+    AccessRefused,
     ConnectionLost,
     LeveretError,
     MessageReturned,
@@ -50,11 +59,13 @@ if TYPE_CHECKING:
     from leveret.aio._channel import ChannelHandle
     from leveret.aio._connection import Connection
 
-__all__ = ["Handler", "RpcClient", "RpcServer"]
+__all__ = ["RPC_REPLIES", "Handler", "RpcClient", "RpcReplies", "RpcServer", "check_rpc_replies"]
 
 log = logging.getLogger("leveret.rpc")
 
 REPLY_QUEUE = "amq.rabbitmq.reply-to"
+RpcReplies = Literal["queue", "direct"]
+RPC_REPLIES: tuple[str, ...] = ("queue", "direct")
 ERROR_TYPE_HEADER = "x-leveret-error-type"
 ERROR_MESSAGE_HEADER = "x-leveret-error-message"
 ERROR_TRACEBACK_HEADER = "x-leveret-error-traceback"
@@ -62,13 +73,18 @@ Handler = Callable[[Message], Awaitable[Any]]
 """Returns the reply body: bytes, str, a JSON-able object, or None for an empty reply."""
 
 
+def check_rpc_replies(value: object) -> None:
+    if value not in RPC_REPLIES:
+        raise ValueError(f"rpc_replies must be 'queue' or 'direct', got {value!r}")
+
+
 class _ReplySink(Consumer):
     """The reply consumer: hands each reply to the pending call with its correlation id."""
 
-    def __init__(self, connection: Connection, client: RpcClient) -> None:
+    def __init__(self, connection: Connection, client: RpcClient, queue: str) -> None:
         super().__init__(
             connection,
-            REPLY_QUEUE,
+            queue,
             prefetch=0,
             no_ack=True,
             exclusive=False,
@@ -84,9 +100,9 @@ class _ReplySink(Consumer):
         self._client.on_channel_failed(exc)
 
     def link_lost(self) -> None:
-        # A reply-to address names the channel its request went out on: with the link gone,
-        # replies to the calls in flight can never arrive. Fail them now (not at their
-        # timeout), and do not have this sink restarted: the next call opens its own.
+        # A reply-to address names an exclusive queue or a channel: with the link gone, both
+        # are, and replies to the calls in flight can never arrive. Fail them now (not at
+        # their timeout), and do not have this sink restarted: the next call opens its own.
         super().link_lost()
         self._closed = True
         self._connection._forget_consumer(self)
@@ -100,10 +116,12 @@ class _ReplySink(Consumer):
 
 
 class RpcClient:
-    """Direct reply-to calls over one channel of the connection."""
+    """Calls over one channel of the connection, replies to its reply queue (or direct reply-to)."""
 
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: Connection, replies: RpcReplies) -> None:
         self._connection = connection
+        self._replies = replies
+        self._reply_to = REPLY_QUEUE  # the open channel's reply address
         self._pending: dict[str, asyncio.Future[Message]] = {}
         self._ids = itertools.count(1)
         self._prefix = f"{os.getpid():x}.{id(self):x}"
@@ -122,16 +140,32 @@ class RpcClient:
     async def _open(self) -> ChannelHandle:
         connection = self._connection
         channel = await connection._open_channel()
+        reply_to = REPLY_QUEUE
+        if self._replies == "queue":
+            try:
+                declared = await connection._channel_call(
+                    channel, commands.Queue.Declare(queue="", exclusive=True, auto_delete=True)
+                )
+                reply_to = declared.queue
+            except AccessRefused as exc:  # the broker closed that channel: take another
+                log.warning(
+                    "leveret: RPC replies come over direct reply-to: the broker refused this "
+                    "user a reply queue (%s)",
+                    exc,
+                )
+                self._replies = "direct"
+                channel = await connection._open_channel()
         # No confirms: the reply is the confirmation, and waiting for the broker's ack
         # frame would cost every call a wakeup. Unroutable requests come back as returns.
         channel.on_return = self.on_return
-        sink = _ReplySink(connection, self)
+        sink = _ReplySink(connection, self, reply_to)
         sink._attach(channel)
         connection._consumers[(channel.id, sink.consumer_tag)] = sink
         await connection._channel_call(
             channel,
-            commands.Basic.Consume(queue=REPLY_QUEUE, consumer_tag=sink.consumer_tag, no_ack=True),
+            commands.Basic.Consume(queue=reply_to, consumer_tag=sink.consumer_tag, no_ack=True),
         )
+        self._reply_to = reply_to
         self._channel = channel
         return channel
 
@@ -154,25 +188,6 @@ class RpcClient:
         correlation_id = f"{self._prefix}.{next(self._ids)}"
         # A request nobody picks up in time dies in the queue instead of piling up.
         expires = str(max(1, int(timeout * 1000))) if expiration else None
-        if properties is None:
-            stamped = connection.stamp_messages
-            properties_bytes = rpc_properties(
-                content_type,
-                correlation_id,
-                REPLY_QUEUE,
-                expires,
-                new_message_id() if stamped else None,
-                timestamp_bytes() if stamped else None,
-            )
-        else:
-            props = properties.replace(
-                correlation_id=correlation_id,
-                reply_to=REPLY_QUEUE,
-                **connection._filled_in(properties, content_type),
-            )
-            if props.expiration is None:
-                props.expiration = expires
-            properties_bytes = encode_properties(props)
         loop = connection._loop
         deadline = loop.time() + timeout
         channel = self._channel
@@ -186,6 +201,26 @@ class RpcClient:
                     channel = await self._prepare(exchange)
             except TimeoutError:
                 raise self._timed_out(routing_key, timeout, correlation_id) from None
+        # Built once the channel is ready: its reply address goes in.
+        if properties is None:
+            stamped = connection.stamp_messages
+            properties_bytes = rpc_properties(
+                content_type,
+                correlation_id,
+                self._reply_to,
+                expires,
+                new_message_id() if stamped else None,
+                timestamp_bytes() if stamped else None,
+            )
+        else:
+            props = properties.replace(
+                correlation_id=correlation_id,
+                reply_to=self._reply_to,
+                **connection._filled_in(properties, content_type),
+            )
+            if props.expiration is None:
+                props.expiration = expires
+            properties_bytes = encode_properties(props)
         connection._check_usable()
         if channel.closed is not None:
             raise channel.closed.with_traceback(None)

@@ -22,6 +22,7 @@ from leveret._url import ConnectionParameters
 from leveret.aio import Backoff, QueueInfo, Retry
 from leveret.aio._connect import DEFAULT_URL
 from leveret.aio._connection import DEFAULT_MAX_MESSAGE_SIZE, ExchangeType
+from leveret.aio._rpc import RpcReplies
 from leveret.aio._stats import ConnectionStats
 from leveret.aio._subscription import ErrorPolicy
 from leveret.blocking._consumer import Consumer, Message
@@ -65,6 +66,7 @@ def connect(
     stamp_messages: bool = True,
     telemetry: TelemetryOption = None,
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    rpc_replies: RpcReplies = "queue",
 ) -> Connection:
     """Connect to RabbitMQ: `with leveret.blocking.connect(url) as conn:` (or `conn = connect(url)`
     and later `conn.close()`).
@@ -91,6 +93,7 @@ def connect(
         stamp_messages=stamp_messages,
         telemetry=telemetry,
         max_message_size=max_message_size,
+        rpc_replies=rpc_replies,
     )
     portal = Portal(f"leveret-io-{next(_thread_numbers)}")
     try:
@@ -660,7 +663,7 @@ class Connection:
         properties: Properties | None = None,
         expire_unanswered: bool = True,
     ) -> Message:
-        """Send a request and wait for its reply (direct reply-to); returns the reply message.
+        """Send a request and wait for its reply (see `connect(rpc_replies=)`); returns the reply.
 
         `body` takes what `publish` takes (bytes, str, a JSON-able object);
         decode the reply with `reply.json()`, `reply.text()` or `reply.decode()`.

@@ -53,7 +53,8 @@ async def _call(args: argparse.Namespace) -> int:
     props = _message.properties(args)
     if args.persistent:
         props = (props or leveret.Properties()).replace(delivery_mode=2)
-    async with leveret.connect(args.url, name="leveret-cli-call") as conn:
+    # One call: direct reply-to answers it without declaring a reply queue first.
+    async with leveret.connect(args.url, name="leveret-cli-call", rpc_replies="direct") as conn:
         reply = await conn.call(
             args.queue, body, exchange=args.exchange, timeout=args.timeout, properties=props
         )
