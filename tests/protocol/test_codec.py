@@ -16,11 +16,13 @@ from pamqp import commands
 from pamqp import encode as pamqp_encode
 
 from leveret import Properties
+from leveret.exceptions import RemoteProtocolError
 from leveret.protocol import AMQPConnection, encode_properties, encode_shortstr, encode_table
 from leveret.protocol._codec import (
     EMPTY_PROPERTIES_BYTES,
     PERSISTENT_PROPERTIES_BYTES,
     decode_properties,
+    decode_rpc_fields,
     decode_table,
     publish_frames,
 )
@@ -358,6 +360,32 @@ def test_generated_properties_match_pamqp(p: Properties) -> None:
 @given(properties(roundtrip=True))
 def test_generated_properties_round_trip(p: Properties) -> None:
     assert decode_properties(encode_properties(p)) == p
+
+
+@settings(max_examples=300, deadline=None)
+@given(properties(roundtrip=False))
+def test_rpc_fields_are_what_the_full_decode_says(p: Properties) -> None:
+    raw = encode_properties(p)
+    full = decode_properties(raw)
+    assert decode_rpc_fields(raw) == (full.correlation_id, full.reply_to, full.headers is not None)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(min_size=2, max_size=80))
+def test_rpc_fields_of_any_bytes_agree_with_the_full_decode_or_raise_a_protocol_error(
+    raw: bytes,
+) -> None:
+    try:
+        fields = decode_rpc_fields(raw)
+    except RemoteProtocolError:
+        with pytest.raises(RemoteProtocolError):  # no field the fast path reads is lenient
+            decode_properties(raw)
+        return
+    try:
+        full = decode_properties(raw)
+    except RemoteProtocolError:
+        return  # malformed past reply_to, which the fast path never reads
+    assert fields == (full.correlation_id, full.reply_to, full.headers is not None)
 
 
 # -- field tables ---------------------------------------------------------------------------

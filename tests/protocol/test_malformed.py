@@ -179,6 +179,7 @@ def test_garbled_connection_method() -> None:
         b"\x04ctag\x00\x00\x00",  # delivery tag cut short
         b"\x04ctag" + b"\x00" * 8,  # no redelivered octet
         b"\x04ctag" + b"\x00" * 9,  # no exchange
+        b"\x04ctag" + b"\x00" * 9 + b"\x05ex",  # exchange cut short
         b"\x04ctag" + b"\x00" * 9 + b"\x00",  # no routing key
         b"\x04ctag" + b"\x00" * 9 + b"\x00\x09q",  # routing key cut short
     ],

@@ -53,6 +53,10 @@ class Message:
     def properties(self) -> Properties:
         return self._delivery.properties
 
+    def _rpc_fields(self) -> tuple[str | None, str | None, bool]:
+        """(correlation_id, reply_to, has headers): what RPC reads of every message, cheaply."""
+        return self._delivery.rpc_fields()
+
     @property
     def headers(self) -> dict[str, object]:
         """The headers table, empty when the message has none."""

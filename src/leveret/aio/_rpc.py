@@ -241,13 +241,6 @@ class RpcClient:
         finally:
             timer.cancel()
             self._pending.pop(correlation_id, None)
-        headers = message.properties.headers
-        if headers and ERROR_TYPE_HEADER in headers:
-            raise RemoteError(
-                _text(headers.get(ERROR_TYPE_HEADER)),
-                _text(headers.get(ERROR_MESSAGE_HEADER)),
-                _text(headers.get(ERROR_TRACEBACK_HEADER)) or None,
-            )
         return message
 
     async def _prepare(self, exchange: str) -> ChannelHandle:
@@ -275,14 +268,24 @@ class RpcClient:
             reply.set_exception(self._timed_out(routing_key, timeout, correlation_id))
 
     def on_reply(self, message: Message) -> None:
-        future = self._pending.pop(message.properties.correlation_id or "", None)
+        correlation_id, _, has_headers = message._rpc_fields()
+        future = self._pending.pop(correlation_id or "", None)
         if future is None or future.done():
             log.debug(
-                "leveret: dropped a late or unknown RPC reply (correlation id %r)",
-                message.properties.correlation_id,
+                "leveret: dropped a late or unknown RPC reply (correlation id %r)", correlation_id
             )
             return
-        future.set_result(message)
+        headers = message.properties.headers if has_headers else None
+        if headers and ERROR_TYPE_HEADER in headers:
+            future.set_exception(
+                RemoteError(
+                    _text(headers.get(ERROR_TYPE_HEADER)),
+                    _text(headers.get(ERROR_MESSAGE_HEADER)),
+                    _text(headers.get(ERROR_TRACEBACK_HEADER)) or None,
+                )
+            )
+        else:
+            future.set_result(message)
 
     def on_return(self, returned: Returned) -> None:
         """A request no queue took: its call fails now rather than at its timeout."""
@@ -378,12 +381,11 @@ class RpcServer:
         await self._subscription.wait_closed()
 
     async def _handle(self, request: Message) -> None:
-        props = request.properties
-        if not props.reply_to:
+        correlation_id, reply_to_name, _ = request._rpc_fields()
+        if not reply_to_name:
             log.warning("leveret: rejected an RPC request on %r without reply_to", self.queue)
             request.reject(requeue=False)
             return
-        correlation_id = props.correlation_id
         content_type: str | None = None
         headers: dict[str, Any] | None = None
         try:
@@ -419,12 +421,12 @@ class RpcServer:
                 changes = connection._filled_in(reply_props, None)
                 if telemetry is not None:  # a PRODUCER span for the reply, child of the request's
                     reply_props, traced = telemetry.start_publish(
-                        "", props.reply_to, reply_props, changes, len(body)
+                        "", reply_to_name, reply_props, changes, len(body)
                     )
                 elif changes:
                     reply_props = reply_props.replace(**changes)
                 properties_bytes = encode_properties(reply_props)
-            reply_to = connection._encoded_name(props.reply_to, "reply_to")
+            reply_to = connection._encoded_name(reply_to_name, "reply_to")
             if self._no_ack:
                 sent = request._reply_unacked(reply_to, body, properties_bytes)
             else:
@@ -432,7 +434,7 @@ class RpcServer:
         except ValueError as exc:
             if telemetry is not None and traced is not None:
                 telemetry.end_publish(traced, exc)
-            log.warning("leveret: could not publish the RPC reply to %r: %s", props.reply_to, exc)
+            log.warning("leveret: could not publish the RPC reply to %r: %s", reply_to_name, exc)
             request.nack(requeue=not request.redelivered)
             return
         if telemetry is not None and traced is not None:

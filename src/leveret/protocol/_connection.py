@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import enum
 import platform
+import struct
 from collections import deque
 from typing import Any
 
@@ -74,6 +75,7 @@ _CLIENT_CAPABILITIES = {
     "per_consumer_qos": True,
 }
 _U64 = _codec.U64
+_decode_str = _codec.decode_str
 
 
 class ConnectionState(enum.Enum):
@@ -520,14 +522,22 @@ class AMQPConnection:
         (index,) = _codec.CLASS_METHOD_INT.unpack_from(payload, 0)
         state = channel.state
         if index == BASIC_DELIVER and state is _CHANNEL_OPEN:
-            # Hot path: consumer tag, delivery tag, redelivered, exchange, routing key.
-            consumer_tag, pos = _codec.read_shortstr(payload, 4)
-            if len(payload) < pos + 9:
-                raise RemoteProtocolError("truncated basic.deliver", 502)
-            (delivery_tag,) = _U64.unpack_from(payload, pos)
-            redelivered = bool(payload[pos + 8] & 1)
-            exchange, pos = _codec.read_shortstr(payload, pos + 9)
-            routing_key, _ = _codec.read_shortstr(payload, pos)
+            # Hot path: consumer tag, delivery tag, redelivered, exchange, routing key, read
+            # inline. A slice never fails, so each length is checked by the read after it.
+            try:
+                end = 5 + payload[4]
+                consumer_tag = _decode_str(payload[5:end])
+                (delivery_tag,) = _U64.unpack_from(payload, end)
+                redelivered = bool(payload[end + 8] & 1)
+                pos = end + 9
+                end = pos + 1 + payload[pos]
+                exchange = _decode_str(payload[pos + 1 : end])
+                pos = end + 1 + payload[end]
+                if pos > len(payload):
+                    raise IndexError
+                routing_key = _decode_str(payload[end + 1 : pos])
+            except (IndexError, struct.error):
+                raise RemoteProtocolError("truncated basic.deliver", 502) from None
             channel.content = Delivery(
                 channel_id, consumer_tag, delivery_tag, redelivered, exchange, routing_key, None
             )

@@ -12,7 +12,11 @@ from typing import Any
 from pamqp.base import Frame as PamqpMethod
 
 from leveret._properties import Properties
-from leveret.protocol._codec import EMPTY_PROPERTIES_BYTES, decode_properties
+from leveret.protocol._codec import (
+    EMPTY_PROPERTIES_BYTES,
+    decode_properties,
+    decode_rpc_fields,
+)
 
 __all__ = [
     "ChannelClosed",
@@ -200,6 +204,13 @@ class _Content(Event):
             props = Properties() if raw == EMPTY_PROPERTIES_BYTES else decode_properties(raw)
             self._properties = props
         return props
+
+    def rpc_fields(self) -> tuple[str | None, str | None, bool]:
+        """(correlation_id, reply_to, has headers), without decoding all the properties."""
+        props = self._properties
+        if props is not None:
+            return props.correlation_id, props.reply_to, props.headers is not None
+        return decode_rpc_fields(self._raw_properties)
 
 
 class Delivery(_Content):
