@@ -263,7 +263,7 @@ class Subscription:
             # The task takes itself off the books as its last step, rather than in its done
             # callback, which would cost every message one more event-loop turn. (A task
             # cancelled before it started never gets here: the callback stays for it.)
-            task = asyncio.current_task()
+            task = asyncio.current_task(self._connection._loop)
             if task is not None and task in self._tasks:
                 task.remove_done_callback(self._finished)
                 self._finished(task)

@@ -459,7 +459,11 @@ def _timestamp(seconds: int) -> datetime.datetime:
     if value is None:
         if len(_timestamps) >= 64:
             _timestamps.clear()
-        value = _timestamps[seconds] = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+        try:
+            value = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+        except (OverflowError, OSError, ValueError) as exc:  # OSError: EOVERFLOW from the C library
+            raise ValueError(f"timestamp {seconds} is out of range for a datetime: {exc}") from None
+        _timestamps[seconds] = value
     return value
 
 

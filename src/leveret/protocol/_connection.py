@@ -75,6 +75,7 @@ _CLIENT_CAPABILITIES = {
     "per_consumer_qos": True,
 }
 _U64 = _codec.U64
+_HEADER_FRAME = struct.Struct(">BHIHHQ")  # frame type, channel, size; class, weight, body size
 _decode_str = _codec.decode_str
 
 
@@ -349,10 +350,10 @@ class AMQPConnection:
             return events  # after close-ok, a protocol error or connection_lost: nothing counts
         self._rx_activity = True
         buf = self._inbuf
-        source: bytes | bytearray
-        if buf:
+        buffered = bool(buf)
+        if buffered:
             buf += data
-            source = buf
+            source = bytes(buf)  # frames are sliced out of it as bytes
         else:
             # Most reads hold whole frames: parse them where they are, and keep only the
             # start of an incomplete frame (one copy per payload, not three).
@@ -385,15 +386,16 @@ class AMQPConnection:
                         f"frame does not end with 0xCE (got 0x{source[end]:02x}): framing lost",
                         501,
                     )
-                payload = bytes(source[pos + 7 : end])  # a slice of bytes is kept as it is
+                payload = source[pos + 7 : end]
                 pos = end + 1
                 if frame_type == FRAME_BODY:
                     self._on_body(channels.get(channel_id), channel_id, payload, events)
                 elif frame_type == FRAME_METHOD:
                     if channel_id:
-                        self._on_channel_method(
-                            channels.get(channel_id), channel_id, payload, events
-                        )
+                        channel = channels.get(channel_id)
+                        self._on_channel_method(channel, channel_id, payload, events)
+                        if channel is not None and channel.content is not None:
+                            pos = self._take_content(source, pos, channel, events)
                     else:
                         self._on_connection_method(payload, events)
                         if self._closed():
@@ -412,12 +414,68 @@ class AMQPConnection:
             self._fail(exc)
             raise
         finally:
-            if source is buf:
+            if buffered:
                 if pos:
                     del buf[:pos]
             elif pos < size_total:
                 buf += source[pos:]
         return events
+
+    def _take_content(self, source: bytes, pos: int, channel: _Channel, events: list[Event]) -> int:
+        """The content header and body just announced, when `source` holds them whole at `pos`.
+
+        RabbitMQ writes a delivery's three frames together, so this is the
+        usual case, done here in one step; returns the position after them.
+        Anything else (frames still to come, a body in several frames, any
+        frame that is not what it should be) is left where it is, at the
+        same `pos`, for the frame loop to take and check frame by frame.
+        """
+        size_total = len(source)
+        if size_total - pos < 30:  # a header frame (22 or more) and a body frame's header
+            return pos
+        frame_type: int
+        channel_id: int
+        size: int
+        body_size: int
+        frame_type, channel_id, size, class_id, _weight, body_size = _HEADER_FRAME.unpack_from(
+            source, pos
+        )
+        header_end = pos + 7 + size
+        if (
+            frame_type != FRAME_HEADER
+            or channel_id != channel.id
+            or not 14 <= size <= _MAX_INBOUND_FRAME
+            or header_end >= size_total
+            or source[header_end] != FRAME_END
+            or class_id != 60
+            or body_size > self.max_body_size
+        ):
+            return pos
+        content = channel.content
+        assert content is not None
+        if not body_size:
+            content._raw_properties = source[pos + 19 : header_end]
+            channel.content = None
+            events.append(content)
+            return header_end + 1
+        if header_end + 8 >= size_total:
+            return pos
+        frame_type, channel_id, size = FRAME_HEADER_STRUCT.unpack_from(source, header_end + 1)
+        body_end = header_end + 8 + size
+        if (
+            frame_type != FRAME_BODY
+            or channel_id != channel.id
+            or size != body_size
+            or size > _MAX_INBOUND_FRAME
+            or body_end >= size_total
+            or source[body_end] != FRAME_END
+        ):
+            return pos
+        content._raw_properties = source[pos + 19 : header_end]
+        content.body = source[header_end + 8 : body_end]
+        channel.content = None
+        events.append(content)
+        return body_end + 1
 
     def _closed(self) -> bool:
         # A method, so that mypy does not keep a narrowing of self.state across calls.
