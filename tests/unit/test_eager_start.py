@@ -1,21 +1,29 @@
-"""EagerStart: a task whose first step runs in the caller's turn, and behaves as a task's step."""
+"""start_eagerly: a task whose first step runs in the caller's turn, and behaves as a task's."""
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+from collections.abc import Coroutine
 from typing import Any
 
 import pytest
 
-from leveret.aio._eager import EagerStart
+from leveret.aio._eager import start_eagerly
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="none")
 
 
-async def test_the_first_step_runs_before_step_returns_and_as_the_task() -> None:
-    loop = asyncio.get_running_loop()
+def start(coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+    booked: list[asyncio.Task[Any]] = []
+    task = start_eagerly(asyncio.get_running_loop(), coro, booked.append)
+    assert booked == [task]
+    return task
+
+
+async def test_the_task_is_booked_then_its_first_step_runs_before_start_returns() -> None:
     seen: list[Any] = []
+    booked: list[Any] = []
 
     async def handler() -> str:
         seen.append(asyncio.current_task())
@@ -23,36 +31,44 @@ async def test_the_first_step_runs_before_step_returns_and_as_the_task() -> None
         seen.append(asyncio.current_task())
         return "done"
 
-    start = EagerStart(loop, handler())
-    assert seen == []
-    start.step()
-    assert seen == [start.task]  # ran now, not at the loop's next turn
-    assert asyncio.current_task() is not start.task  # the caller's task is back
-    assert await start.task == "done"
-    assert seen == [start.task, start.task]
+    def book(task: asyncio.Task[Any]) -> None:
+        assert seen == []  # booked before the first step
+        booked.append(task)
+
+    task = start_eagerly(asyncio.get_running_loop(), handler(), book)
+    assert booked == [task]
+    assert seen == [task]  # ran now, not at the loop's next turn
+    assert asyncio.current_task() is not task  # the caller's task is back
+    assert not task.done()
+    assert await task == "done"
+    assert seen == [task, task]
 
 
-async def test_a_coroutine_finishing_in_its_first_step_gives_the_task_its_value() -> None:
+async def test_a_coroutine_finishing_in_its_first_step_leaves_its_task_done_at_once() -> None:
     ran: list[str] = []
+    callbacks: list[str] = []
 
     async def handler() -> int:
         ran.append("all of it")
         return 42
 
-    start = EagerStart(asyncio.get_running_loop(), handler())
-    start.step()
+    task = start(handler())
     assert ran == ["all of it"]
-    assert await start.task == 42
+    assert task.done()  # no loop turn needed, as with 3.12's eager tasks
+    assert task.result() == 42
+    task.add_done_callback(lambda _: callbacks.append("called"))
+    await asyncio.sleep(0)
+    assert callbacks == ["called"]
+    assert await task == 42
 
 
 async def test_an_exception_in_the_first_step_is_the_tasks() -> None:
     async def handler() -> None:
         raise LookupError("no such order: 17")
 
-    start = EagerStart(asyncio.get_running_loop(), handler())
-    start.step()  # does not raise here
+    task = start(handler())  # does not raise here
     with pytest.raises(LookupError, match="no such order: 17"):
-        await start.task
+        await task
 
 
 async def test_asyncio_timeout_works_in_the_first_step() -> None:
@@ -64,9 +80,8 @@ async def test_asyncio_timeout_works_in_the_first_step() -> None:
             return "timed out"
         return "not timed out"
 
-    start = EagerStart(asyncio.get_running_loop(), handler())
-    start.step()
-    assert await asyncio.wait_for(start.task, 10) == "timed out"
+    task = start(handler())
+    assert await asyncio.wait_for(task, 10) == "timed out"
 
 
 async def test_context_variables_set_in_the_handler_stay_in_its_task() -> None:
@@ -78,10 +93,9 @@ async def test_context_variables_set_in_the_handler_stay_in_its_task() -> None:
         await asyncio.sleep(0)
         return request_id.get()
 
-    start = EagerStart(asyncio.get_running_loop(), handler())
-    start.step()
+    task = start(handler())
     assert request_id.get() == "caller"
-    assert await start.task == "handler"
+    assert await task == "handler"
 
 
 async def test_a_cancel_before_the_tasks_first_turn_reaches_the_waiting_coroutine() -> None:
@@ -94,23 +108,24 @@ async def test_a_cancel_before_the_tasks_first_turn_reaches_the_waiting_coroutin
         finally:
             cleaned_up.append("finally ran")
 
-    start = EagerStart(asyncio.get_running_loop(), handler())
-    start.step()
-    start.task.cancel()
+    task = start(handler())
+    task.cancel()
     with pytest.raises(asyncio.CancelledError):
-        await start.task
+        await task
     assert cleaned_up == ["finally ran"]
-    assert start.task.cancelled()
+    assert task.cancelled()
 
 
-async def test_a_cancel_after_the_coroutine_returned_changes_nothing() -> None:
+async def test_a_cancel_in_a_first_step_that_then_returns_changes_nothing() -> None:
     async def handler() -> str:
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()
         return "answered"
 
-    start = EagerStart(asyncio.get_running_loop(), handler())
-    start.step()
-    start.task.cancel()  # the work is done: 3.12's eager tasks would be done already too
-    assert await start.task == "answered"
+    task = start(handler())
+    assert task.done()
+    assert await task == "answered"
 
 
 async def test_started_from_inside_another_task_that_task_stays_current() -> None:
@@ -121,11 +136,10 @@ async def test_started_from_inside_another_task_that_task_stays_current() -> Non
         inner_saw.append(asyncio.current_task())
 
     outer = asyncio.current_task()
-    start = EagerStart(loop, inner())
-    start.step()
-    assert inner_saw == [start.task]
+    task = start_eagerly(loop, inner(), lambda _: None)
+    assert inner_saw == [task]
     assert asyncio.current_task() is outer
-    await start.task
+    await task
 
 
 async def test_many_steps_and_an_exception_thrown_in_midway() -> None:
@@ -142,18 +156,36 @@ async def test_many_steps_and_an_exception_thrown_in_midway() -> None:
             log.append(f"caught {exc}")
         return log
 
-    start = EagerStart(asyncio.get_running_loop(), handler())
-    start.step()
+    task = start(handler())
     for _ in range(10):
         await asyncio.sleep(0)
     gate.set_exception(ValueError("bad gate"))
-    assert await start.task == ["step", "step", "step", "caught bad gate"]
+    assert await task == ["step", "step", "step", "caught bad gate"]
 
 
-async def test_a_task_never_stepped_runs_its_coroutine_whole() -> None:
+async def test_a_booking_that_raises_leaves_a_task_that_runs_as_usual() -> None:
     async def handler() -> str:
         await asyncio.sleep(0)
         return "ran in the task"
 
-    start = EagerStart(asyncio.get_running_loop(), handler())  # step() not called
-    assert await start.task == "ran in the task"
+    def book(task: asyncio.Task[Any]) -> None:
+        raise RuntimeError("no room")
+
+    loop = asyncio.get_running_loop()
+    tasks_before = asyncio.all_tasks(loop)
+    with pytest.raises(RuntimeError, match="no room"):
+        start_eagerly(loop, handler(), book)
+    assert "call_soon" not in vars(loop)  # the loop's own call_soon is back
+    [task] = asyncio.all_tasks(loop) - tasks_before
+    assert await task == "ran in the task"
+
+
+async def test_the_loops_call_soon_is_its_own_again_after_each_start() -> None:
+    loop = asyncio.get_running_loop()
+
+    async def handler() -> None:
+        assert "call_soon" not in vars(loop)  # not even during the first step
+
+    task = start(handler())
+    assert "call_soon" not in vars(loop)
+    await task

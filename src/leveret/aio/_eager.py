@@ -3,15 +3,18 @@
 A handler started with `loop.create_task()` waits for the loop's next
 iteration before it runs: an RPC server would answer every request one
 loop turn (a poll syscall and the loop's bookkeeping) later than it could.
-Python 3.12's eager tasks remove that turn; this module does the same on
-every version, the way they do it: the task exists before its coroutine
+Python 3.12's eager tasks remove that turn; `start_eagerly` does the same
+on every version, the way they do it: the task exists before its coroutine
 runs and is the current task while it does, so `asyncio.current_task()`,
 `asyncio.timeout()` and context variables behave in the first step as in
-any later one. The caller gets the task before the step, to book it first.
+any later one. The caller books the task before the step runs.
 
-One difference from 3.12: a coroutine that finishes in its first step still
-has its task complete in the loop's next turn. Its work, e.g. a reply
-written to the socket, is done by then.
+A coroutine that finishes in its first step leaves its task done then and
+there, as 3.12's do: the step the new task asked the loop to schedule is
+held back while the first step runs (asyncio's own `call_soon`, shadowed
+on the loop for the length of `create_task`), and dropped. Had the
+coroutine suspended, that step is scheduled after all, and the task goes
+on from where the first step left off.
 """
 
 from __future__ import annotations
@@ -23,45 +26,105 @@ from collections.abc import Callable, Coroutine, Generator
 from types import TracebackType
 from typing import Any
 
-__all__ = ["EagerStart"]
+__all__ = ["start_eagerly"]
 
 _TaskHook = Callable[[asyncio.AbstractEventLoop, "asyncio.Task[Any]"], None]
 _enter_task: _TaskHook | None = getattr(_tasks, "_enter_task", None)
 _leave_task: _TaskHook | None = getattr(_tasks, "_leave_task", None)
+# What a task's own step does with its result (asyncio.Task.set_result refuses callers).
+_finish_task: Callable[[asyncio.Future[Any], Any], None] = asyncio.Future.set_result
 
 # What the first step left for the task: nothing (the task runs the coroutine as
 # usual), a suspension to hand on, a return value, or an exception.
 _DELEGATE, _SUSPENDED, _RETURNED, _RAISED = range(4)
 
+_Held = tuple[Callable[..., object], tuple[Any, ...], "contextvars.Context | None"]
+
+
+def start_eagerly(
+    loop: asyncio.AbstractEventLoop,
+    coro: Coroutine[Any, Any, Any],
+    book: Callable[[asyncio.Task[Any]], object],
+) -> asyncio.Task[Any]:
+    """A task for `coro`, booked by `book(task)`, whose first step has run when this returns."""
+    runner = EagerStart(coro)
+    context = contextvars.copy_context()
+    if _enter_task is None or _leave_task is None:  # an asyncio without these hooks
+        task = loop.create_task(runner, context=context)
+        book(task)
+        return task
+    held: list[_Held] = []
+
+    def hold(callback: Callable[..., object], *args: Any, context: Any = None) -> None:
+        held.append((callback, args, context))
+
+    shadowed = _shadow_call_soon(loop, hold)
+    try:
+        task = loop.create_task(runner, context=context)
+    finally:
+        if shadowed:
+            del loop.call_soon
+    try:
+        book(task)
+        runner.step(loop, task, context)
+    finally:
+        for callback, args, callback_context in held:
+            if runner.returned and getattr(callback, "__self__", None) is task:
+                _finish_task(task, runner.take_result())  # done: the step is not needed
+            else:
+                loop.call_soon(callback, *args, context=callback_context)
+    return task
+
+
+def _shadow_call_soon(loop: asyncio.AbstractEventLoop, hold: Callable[..., None]) -> bool:
+    """Have the loop's `call_soon` hold callbacks; False where that cannot be done."""
+    if "call_soon" in getattr(loop, "__dict__", {"call_soon": None}):
+        return False  # no instance dict, or someone else's patch: leave it alone
+    try:
+        loop.call_soon = hold  # type: ignore[method-assign,assignment]
+    except AttributeError:
+        return False
+    return True
+
 
 class EagerStart(Coroutine[Any, Any, Any]):
     """The task's coroutine: replays the first step's outcome, then drives the real one."""
 
-    __slots__ = ("_context", "_coro", "_loop", "_outcome", "_state", "task")
+    __slots__ = ("_coro", "_outcome", "_state")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any]) -> None:
-        self._loop = loop
+    def __init__(self, coro: Coroutine[Any, Any, Any]) -> None:
         self._coro = coro
         self._state = _DELEGATE
         self._outcome: Any = None
-        self._context = contextvars.copy_context()
-        self.task: asyncio.Task[Any] = loop.create_task(self, context=self._context)
 
-    def step(self) -> None:
-        """Run the coroutine up to its first suspension, as its task, in its context."""
-        if _enter_task is None or _leave_task is None:
-            return  # an asyncio without these hooks: the task runs the first step itself
-        loop, task = self._loop, self.task
+    def step(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        task: asyncio.Task[Any],
+        context: contextvars.Context,
+    ) -> None:
+        """Run the coroutine up to its first suspension, as `task`, in its context."""
+        assert _enter_task is not None
+        assert _leave_task is not None
         outer = _tasks.current_task(loop)  # e.g. a handler's task that starts the next one
         if outer is not None:
             _leave_task(loop, outer)
         _enter_task(loop, task)
         try:
-            self._context.run(self._first_step)
+            context.run(self._first_step)
         finally:
             _leave_task(loop, task)
             if outer is not None:
                 _enter_task(loop, outer)
+
+    @property
+    def returned(self) -> bool:
+        return self._state == _RETURNED
+
+    def take_result(self) -> Any:
+        outcome, self._outcome = self._outcome, None
+        self._state = _DELEGATE
+        return outcome
 
     def _first_step(self) -> None:
         try:

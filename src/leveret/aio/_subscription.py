@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from leveret.aio._consumer import Consumer
 from leveret.aio._drain import finish_handlers
-from leveret.aio._eager import EagerStart
+from leveret.aio._eager import start_eagerly
 from leveret.aio._message import Message
 from leveret.aio._retry import Retry
 from leveret.exceptions import ConsumerTimeout
@@ -214,13 +214,13 @@ class Subscription:
                     return
                 # The handler's first step runs now, not a loop turn later: an RPC
                 # reply goes out in the turn that read its request.
-                start = EagerStart(loop, self._handle(message))
-                task = start.task
-                self._tasks.add(task)
-                task.add_done_callback(self._finished)
-                start.step()
+                start_eagerly(loop, self._handle(message), self._book)
         finally:
             self._dispatching = False
+
+    def _book(self, task: asyncio.Task[None]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
 
     def _consumer_timed_out(self, exc: ConsumerTimeout) -> None:
         self.timed_out += 1
