@@ -24,6 +24,7 @@ from leveret._payload import (
 from leveret.protocol._codec import (
     decode_properties,
     encode_properties,
+    encode_shortstr,
     rpc_properties,
     stamp_prefix,
     stamped_properties,
@@ -191,7 +192,10 @@ def test_rpc_properties_are_byte_identical_to_encode_properties(
 ) -> None:
     message_id = new_message_id() if stamped else None
     stamp = timestamp_bytes() if stamped else None
-    wire = rpc_properties(content_type, correlation_id, reply_to, expiration, message_id, stamp)
+    reply_to_field = None if reply_to is None else encode_shortstr(reply_to, "reply_to")
+    wire = rpc_properties(
+        content_type, correlation_id, reply_to_field, expiration, message_id, stamp
+    )
     expected = leveret.Properties(
         content_type=content_type,
         correlation_id=correlation_id,

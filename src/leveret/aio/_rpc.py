@@ -53,7 +53,7 @@ from leveret.exceptions import (
     RPCTimeout,
 )
 from leveret.protocol import Delivery, Returned
-from leveret.protocol._codec import encode_properties, rpc_properties
+from leveret.protocol._codec import encode_properties, encode_shortstr, rpc_properties
 
 if TYPE_CHECKING:
     from leveret.aio._channel import ChannelHandle
@@ -122,6 +122,7 @@ class RpcClient:
         self._connection = connection
         self._replies = replies
         self._reply_to = REPLY_QUEUE  # the open channel's reply address
+        self._reply_to_field = encode_shortstr(REPLY_QUEUE, "reply_to")  # as it goes out
         self._pending: dict[str, asyncio.Future[Message]] = {}
         self._ids = itertools.count(1)
         self._prefix = f"{os.getpid():x}.{id(self):x}"
@@ -166,6 +167,7 @@ class RpcClient:
             commands.Basic.Consume(queue=reply_to, consumer_tag=sink.consumer_tag, no_ack=True),
         )
         self._reply_to = reply_to
+        self._reply_to_field = encode_shortstr(reply_to, "reply_to")
         self._channel = channel
         return channel
 
@@ -207,7 +209,7 @@ class RpcClient:
             properties_bytes = rpc_properties(
                 content_type,
                 correlation_id,
-                self._reply_to,
+                self._reply_to_field,
                 expires,
                 new_message_id() if stamped else None,
                 timestamp_bytes() if stamped else None,

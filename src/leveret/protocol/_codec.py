@@ -381,7 +381,7 @@ def stamped_properties(prefix: bytes, message_id: str, timestamp: bytes) -> byte
 def rpc_properties(
     content_type: str | None,
     correlation_id: str,
-    reply_to: str | None,
+    reply_to_field: bytes | None,
     expiration: str | None,
     message_id: str | None,
     timestamp: bytes | None,
@@ -390,26 +390,30 @@ def rpc_properties(
 
     Byte-identical to `encode_properties` of the same values (`timestamp`
     packed as by `timestamp_bytes`); every call and reply goes through here.
+    `reply_to_field` comes encoded (`encode_shortstr`): a client sends the
+    same address with every call. `message_id` is one of `new_message_id`'s.
     """
+    correlation = correlation_id.encode("utf-8", "surrogateescape")
+    if len(correlation) > 255:
+        encode_shortstr(correlation_id, "correlation_id")  # raises, naming the value
     flags = _FLAG_CORRELATION_ID
-    parts = []
+    out = _U8.pack(len(correlation)) + correlation
     if content_type:
         flags |= _FLAG_CONTENT_TYPE
-        parts.append(encode_shortstr(content_type, "content_type"))
-    parts.append(encode_shortstr(correlation_id, "correlation_id"))
-    if reply_to:
+        out = encode_shortstr(content_type, "content_type") + out
+    if reply_to_field:
         flags |= _FLAG_REPLY_TO
-        parts.append(encode_shortstr(reply_to, "reply_to"))
+        out += reply_to_field
     if expiration:
         flags |= _FLAG_EXPIRATION
-        parts.append(encode_shortstr(_check_expiration(expiration), "expiration"))
+        out += encode_shortstr(_check_expiration(expiration), "expiration")
     if message_id:
         flags |= _FLAG_MESSAGE_ID
-        parts.append(encode_shortstr(message_id, "message_id"))
+        out += _U8.pack(len(message_id)) + message_id.encode("ascii")
     if timestamp is not None:
         flags |= _FLAG_TIMESTAMP
-        parts.append(timestamp)
-    return _U16.pack(flags) + b"".join(parts)
+        out += timestamp
+    return _U16.pack(flags) + out
 
 
 def _octet(value: int, what: str) -> bytes:
