@@ -189,3 +189,28 @@ async def test_the_loops_call_soon_is_its_own_again_after_each_start() -> None:
     task = start(handler())
     assert "call_soon" not in vars(loop)
     await task
+
+
+async def test_a_programs_own_task_factory_runs_the_task_its_way() -> None:
+    loop = asyncio.get_running_loop()
+    made: list[asyncio.Task[Any]] = []
+    ran: list[str] = []
+
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        task = asyncio.Task(coro, loop=loop, **kwargs)
+        made.append(task)
+        return task
+
+    async def handler() -> str:
+        ran.append("ran")
+        return "via the factory"
+
+    loop.set_task_factory(factory)
+    try:
+        task = start(handler())
+        assert made == [task]
+        assert ran == []  # started by the loop, as the factory's tasks are
+        assert await task == "via the factory"
+        assert ran == ["ran"]
+    finally:
+        loop.set_task_factory(None)

@@ -49,7 +49,9 @@ def start_eagerly(
     """A task for `coro`, booked by `book(task)`, whose first step has run when this returns."""
     runner = EagerStart(coro)
     context = contextvars.copy_context()
-    if _enter_task is None or _leave_task is None:  # an asyncio without these hooks
+    if _enter_task is None or _leave_task is None or loop.get_task_factory() is not None:
+        # An asyncio without these hooks, or a task factory of the program's own (which may
+        # run tasks its own way, eagerly too): an ordinary task, started by the loop.
         task = loop.create_task(runner, context=context)
         book(task)
         return task
@@ -78,12 +80,10 @@ def start_eagerly(
 
 def _shadow_call_soon(loop: asyncio.AbstractEventLoop, hold: Callable[..., None]) -> bool:
     """Have the loop's `call_soon` hold callbacks; False where that cannot be done."""
-    if "call_soon" in getattr(loop, "__dict__", {"call_soon": None}):
-        return False  # no instance dict, or someone else's patch: leave it alone
-    try:
-        loop.call_soon = hold  # type: ignore[method-assign,assignment]
-    except AttributeError:
-        return False
+    attributes = getattr(loop, "__dict__", None)
+    if attributes is None or "call_soon" in attributes:
+        return False  # a loop without instance attributes, or patched already: let be
+    loop.call_soon = hold  # type: ignore[method-assign,assignment]
     return True
 
 
