@@ -1950,11 +1950,12 @@ class Connection:
         """Send a request and wait for its reply; returns the reply message.
 
         Replies come to a reply queue exclusive to the connection, or over
-        direct reply-to (see `connect(rpc_replies=)`). Raises RPCTimeout after `timeout` seconds, RemoteError when the
-        server's handler raised, MessageReturned when no queue takes the
-        request. With `expire_unanswered`, the request carries `timeout` as its
-        expiration, so nobody works on it after the caller gave up. `body`
-        takes what `publish` takes; decode the reply with `reply.json()` etc.
+        direct reply-to (see `connect(rpc_replies=)`). Raises RPCTimeout
+        after `timeout` seconds, RemoteError when the server's handler
+        raised, MessageReturned when no queue takes the request. With
+        `expire_unanswered`, the request carries `timeout` as its expiration,
+        so nobody works on it after the caller gave up. `body` takes what
+        `publish` takes; decode the reply with `reply.json()` etc.
         """
         if properties is not None and not isinstance(properties, Properties):
             raise TypeError(
