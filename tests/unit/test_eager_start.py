@@ -214,3 +214,17 @@ async def test_a_programs_own_task_factory_runs_the_task_its_way() -> None:
         assert ran == ["ran"]
     finally:
         loop.set_task_factory(None)
+
+
+async def test_the_tasks_repr_and_stack_show_the_handler() -> None:
+    gate = asyncio.get_running_loop().create_future()
+
+    async def order_handler() -> None:
+        await gate
+
+    task = start(order_handler())
+    assert "order_handler" in repr(task)
+    [frame] = task.get_stack()
+    assert frame.f_code.co_name == "order_handler"
+    gate.set_result(None)
+    await task

@@ -174,9 +174,27 @@ class EagerStart(Coroutine[Any, Any, Any]):
     def close(self) -> None:
         self._coro.close()
 
+    # What a task's repr, get_stack() and debuggers read: those of the coroutine it runs.
+
     @property
-    def __name__(self) -> str:  # what a task's repr shows: the coroutine it runs
+    def __name__(self) -> str:
         return getattr(self._coro, "__qualname__", type(self._coro).__name__)
+
+    @property
+    def cr_frame(self) -> Any:
+        return getattr(self._coro, "cr_frame", None)
+
+    @property
+    def cr_code(self) -> Any:
+        return getattr(self._coro, "cr_code", None)
+
+    @property
+    def cr_await(self) -> Any:
+        return getattr(self._coro, "cr_await", None)
+
+    @property
+    def cr_running(self) -> bool:
+        return bool(getattr(self._coro, "cr_running", False))
 
     def __await__(self) -> Generator[Any, None, Any]:
         raise TypeError("an EagerStart is run by its task, not awaited")
