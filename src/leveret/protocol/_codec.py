@@ -534,16 +534,17 @@ def decode_rpc_fields(data: bytes) -> tuple[str | None, str | None, bool]:
         if flags & 1:
             return _rpc_fields_of(_decode_properties(data))  # continuation flags: never seen
         pos = 2
-        if flags & _FLAG_CONTENT_TYPE:
-            pos += 1 + data[pos]
-        if flags & _FLAG_CONTENT_ENCODING:
-            pos += 1 + data[pos]
-        if flags & _FLAG_HEADERS:
-            pos += 4 + _U32.unpack_from(data, pos)[0]
-        if flags & _FLAG_DELIVERY_MODE:
-            pos += 1
-        if flags & _FLAG_PRIORITY:
-            pos += 1
+        if flags & _BEFORE_CORRELATION_ID:  # RPC requests and replies seldom have these
+            if flags & _FLAG_CONTENT_TYPE:
+                pos += 1 + data[pos]
+            if flags & _FLAG_CONTENT_ENCODING:
+                pos += 1 + data[pos]
+            if flags & _FLAG_HEADERS:
+                pos += 4 + _U32.unpack_from(data, pos)[0]
+            if flags & _FLAG_DELIVERY_MODE:
+                pos += 1
+            if flags & _FLAG_PRIORITY:
+                pos += 1
         correlation_id = reply_to = None
         size = len(data)
         if flags & _FLAG_CORRELATION_ID:
@@ -563,6 +564,13 @@ def decode_rpc_fields(data: bytes) -> tuple[str | None, str | None, bool]:
 
 
 _RPC_FIELDS = _FLAG_CORRELATION_ID | _FLAG_REPLY_TO
+_BEFORE_CORRELATION_ID = (
+    _FLAG_CONTENT_TYPE
+    | _FLAG_CONTENT_ENCODING
+    | _FLAG_HEADERS
+    | _FLAG_DELIVERY_MODE
+    | _FLAG_PRIORITY
+)
 
 
 def _rpc_fields_of(properties: Properties) -> tuple[str | None, str | None, bool]:
