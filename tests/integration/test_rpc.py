@@ -699,3 +699,44 @@ async def test_a_user_refused_a_reply_queue_gets_replies_over_direct_reply_to(
 def test_connect_refuses_an_unknown_rpc_replies() -> None:
     with pytest.raises(ValueError, match="rpc_replies must be 'queue' or 'direct', got 'pigeon'"):
         leveret.connect("amqp://127.0.0.1/", rpc_replies="pigeon")  # type: ignore[arg-type]
+
+
+async def test_a_deleted_reply_queue_fails_the_calls_waiting_on_it_and_the_next_call_works(
+    conn: leveret.Connection, rabbitmq: RabbitMQNode, rabbitmq_url: str, queue_name: str
+) -> None:
+    reply_addresses: list[str | None] = []
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    async def handler(request: leveret.Message) -> bytes:
+        reply_addresses.append(request.properties.reply_to)
+        if request.body == b"held":
+            started.set()
+            await release.wait()
+        return b"echo:" + request.body
+
+    await conn.declare_queue(queue_name)
+    try:
+        async with (
+            conn.serve(queue_name, handler, concurrency=2),
+            leveret.connect(rabbitmq_url) as client,
+        ):
+            assert (await client.call(queue_name, b"warm", timeout=WAIT)).body == b"echo:warm"
+            channels_before = len(client._channels)
+            call = asyncio.ensure_future(client.call(queue_name, b"held", timeout=60))
+            await asyncio.wait_for(started.wait(), WAIT)
+            first_queue = reply_addresses[0]
+            assert first_queue is not None
+            # Deleted by an operator (over AMQP only its own connection may: exclusive).
+            await asyncio.to_thread(rabbitmq.ctl, "delete_queue", first_queue)
+            with pytest.raises(leveret.LeveretError, match="cancelled the RPC reply consumer"):
+                await asyncio.wait_for(call, WAIT)  # far below the call's timeout
+            assert pending(client) == {}
+            release.set()  # its reply has no queue to go to
+            after = await client.call(queue_name, b"after", timeout=WAIT)
+            assert after.body == b"echo:after"
+            assert reply_addresses[-1] not in (None, first_queue)  # a new reply queue
+            assert len(client._channels) == channels_before  # the old channel was closed
+    finally:
+        release.set()
+    await conn.delete_queue(queue_name)

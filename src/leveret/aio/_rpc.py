@@ -112,7 +112,19 @@ class _ReplySink(Consumer):
         )
 
     def cancelled_by_server(self) -> None:
-        self._client.on_channel_failed(LeveretError("the broker cancelled the RPC reply consumer"))
+        # E.g. an operator deleted the reply queue: replies to the calls in flight have
+        # nowhere to go. Fail them now, and give the channel back: the next call opens a
+        # channel and a reply queue of its own.
+        connection = self._connection
+        channel = self._channel
+        self._closed = True
+        connection._forget_consumer(self)
+        self._client.on_channel_failed(
+            LeveretError(f"the broker cancelled the RPC reply consumer on {self.queue!r}")
+        )
+        if channel is not None and channel.closed is None and connection._link_error is None:
+            connection._core.close_channel(channel.id)
+            connection._schedule_flush()
 
 
 class RpcClient:
