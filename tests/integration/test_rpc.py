@@ -696,6 +696,29 @@ async def test_a_user_refused_a_reply_queue_gets_replies_over_direct_reply_to(
     await conn.delete_queue(queue_name)
 
 
+async def test_a_vhost_at_its_queue_limit_gets_replies_over_direct_reply_to(
+    rabbitmq: RabbitMQNode, rabbitmq_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    vhost = f"leveret-test-rpc-{uuid.uuid4().hex[:8]}"
+    await asyncio.to_thread(rabbitmq.add_vhost, vhost)
+    url = rabbitmq_url.rstrip("/") + "/" + vhost
+    try:
+        async with leveret.connect(url) as server:
+            await server.declare_queue("requests")
+            await asyncio.to_thread(
+                rabbitmq.ctl, "set_vhost_limits", "-p", vhost, '{"max-queues": 1}'
+            )
+            async with server.serve("requests", echo), leveret.connect(url) as client:
+                with caplog.at_level(logging.WARNING, logger="leveret.rpc"):
+                    reply = await client.call("requests", b"limited", timeout=WAIT)
+    finally:
+        await asyncio.to_thread(rabbitmq.delete_vhost, vhost)
+    assert reply.body == b"echo:limited"
+    refusals = [r for r in caplog.records if "direct reply-to" in r.getMessage()]
+    assert len(refusals) == 1, caplog.text
+    assert "406" in refusals[0].getMessage()
+
+
 def test_connect_refuses_an_unknown_rpc_replies() -> None:
     with pytest.raises(ValueError, match="rpc_replies must be 'queue' or 'direct', got 'pigeon'"):
         leveret.connect("amqp://127.0.0.1/", rpc_replies="pigeon")  # type: ignore[arg-type]

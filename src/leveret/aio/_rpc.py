@@ -7,8 +7,9 @@ on the first call, gone with the connection), or, with
 on `amq.rabbitmq.reply-to`, which needs no queue and no configure
 permission). The queue is the default because it is the faster of the two:
 measured on RabbitMQ 3.10, a sequential round trip took about 10% less time
-and the broker about 15% less CPU per call (docs/benchmarks.md). A user the
-broker refuses the queue to (403) gets direct reply-to instead.
+and the broker about 15% less CPU per call (docs/benchmarks.md). Where the
+broker refuses the queue (a user without configure permission, a vhost at
+its queue limit), calls get direct reply-to instead.
 
 Calls are matched by correlation id, so any number may be in flight at
 once; a call that times out or is cancelled leaves the pending table at
@@ -45,7 +46,7 @@ from leveret.aio._consumer import Consumer
 from leveret.aio._message import Message
 from leveret.aio._subscription import Subscription, check_subscription_options
 from leveret.exceptions import (
-    AccessRefused,
+    ChannelClosedByServer,
     ConnectionLost,
     LeveretError,
     MessageReturned,
@@ -160,10 +161,11 @@ class RpcClient:
                     channel, commands.Queue.Declare(queue="", exclusive=True, auto_delete=True)
                 )
                 reply_to = declared.queue
-            except AccessRefused as exc:  # the broker closed that channel: take another
+            except ChannelClosedByServer as exc:  # e.g. 403, or a vhost's queue limit (406)
+                # The broker closed that channel: take another, and replies that need no queue.
                 log.warning(
-                    "leveret: RPC replies come over direct reply-to: the broker refused this "
-                    "user a reply queue (%s)",
+                    "leveret: RPC replies come over direct reply-to: the broker refused a "
+                    "reply queue (%s)",
                     exc,
                 )
                 self._replies = "direct"
