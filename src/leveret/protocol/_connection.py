@@ -75,6 +75,7 @@ _CLIENT_CAPABILITIES = {
     "per_consumer_qos": True,
 }
 _U64 = _codec.U64
+_FRAME_SIZE = struct.Struct(">I")
 _HEADER_FRAME = struct.Struct(">BHIHHQ")  # frame type, channel, size; class, weight, body size
 _decode_str = _codec.decode_str
 
@@ -353,6 +354,10 @@ class AMQPConnection:
         buffered = bool(buf)
         if buffered:
             buf += data
+            if len(buf) >= 7:
+                (size,) = _FRAME_SIZE.unpack_from(buf, 3)
+                if len(buf) < size + 8 and size <= _MAX_INBOUND_FRAME:
+                    return events  # its first frame is still incomplete: wait, copy nothing
             source = bytes(buf)  # frames are sliced out of it as bytes
         else:
             # Most reads hold whole frames: parse them where they are, and keep only the
