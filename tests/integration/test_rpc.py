@@ -61,6 +61,18 @@ async def echo(request: leveret.Message) -> bytes:
     return b"echo:" + request.body
 
 
+def echo_noting_reply_to(
+    addresses: list[str | None],
+) -> Callable[[leveret.Message], Awaitable[bytes]]:
+    """`echo`, noting each request's reply_to address in `addresses`."""
+
+    async def handler(request: leveret.Message) -> bytes:
+        addresses.append(request.properties.reply_to)
+        return await echo(request)
+
+    return handler
+
+
 async def close_connection_named(rabbitmq: RabbitMQNode, name: str, reason: str) -> None:
     """Close, from the broker, the one connection whose client-provided name is `name`."""
     listing = await asyncio.to_thread(
@@ -625,11 +637,7 @@ async def test_replies_come_to_an_exclusive_queue_that_goes_with_the_connection(
     conn: leveret.Connection, rabbitmq_url: str, queue_name: str
 ) -> None:
     reply_addresses: list[str | None] = []
-
-    async def handler(request: leveret.Message) -> bytes:
-        reply_addresses.append(request.properties.reply_to)
-        return b"echo:" + request.body
-
+    handler = echo_noting_reply_to(reply_addresses)
     await conn.declare_queue(queue_name)
     async with conn.serve(queue_name, handler):
         async with leveret.connect(rabbitmq_url) as client:
@@ -650,11 +658,7 @@ async def test_direct_reply_to_on_request(
     conn: leveret.Connection, rabbitmq_url: str, queue_name: str
 ) -> None:
     reply_addresses: list[str | None] = []
-
-    async def handler(request: leveret.Message) -> bytes:
-        reply_addresses.append(request.properties.reply_to)
-        return b"echo:" + request.body
-
+    handler = echo_noting_reply_to(reply_addresses)
     await conn.declare_queue(queue_name)
     async with (
         conn.serve(queue_name, handler),

@@ -532,7 +532,7 @@ def decode_rpc_fields(data: bytes) -> tuple[str | None, str | None, bool]:
         if not flags & _RPC_FIELDS:
             return None, None, bool(flags & _FLAG_HEADERS)
         if flags & 1:
-            return _rpc_fields_of(_decode_properties(data))  # continuation flags: never seen
+            return rpc_fields_of(_decode_properties(data))  # continuation flags: never seen
         pos = 2
         if flags & _BEFORE_CORRELATION_ID:  # RPC requests and replies seldom have these
             if flags & _FLAG_CONTENT_TYPE:
@@ -573,7 +573,8 @@ _BEFORE_CORRELATION_ID = (
 )
 
 
-def _rpc_fields_of(properties: Properties) -> tuple[str | None, str | None, bool]:
+def rpc_fields_of(properties: Properties) -> tuple[str | None, str | None, bool]:
+    """What `decode_rpc_fields` gives, of properties already decoded."""
     return properties.correlation_id, properties.reply_to, properties.headers is not None
 
 

@@ -458,29 +458,26 @@ class AMQPConnection:
             return pos
         content = channel.content
         assert content is not None
-        if not body_size:
-            content._raw_properties = source[pos + 19 : header_end]
-            channel.content = None
-            events.append(content)
-            return header_end + 1
-        if header_end + 8 >= size_total:
-            return pos
-        frame_type, channel_id, size = FRAME_HEADER_STRUCT.unpack_from(source, header_end + 1)
-        body_end = header_end + 8 + size
-        if (
-            frame_type != FRAME_BODY
-            or channel_id != channel.id
-            or size != body_size
-            or size > _MAX_INBOUND_FRAME
-            or body_end >= size_total
-            or source[body_end] != FRAME_END
-        ):
-            return pos
+        end = header_end  # of the last frame taken: the header's, for an empty body
+        if body_size:
+            if header_end + 8 >= size_total:
+                return pos
+            frame_type, channel_id, size = FRAME_HEADER_STRUCT.unpack_from(source, header_end + 1)
+            end = header_end + 8 + size
+            if (
+                frame_type != FRAME_BODY
+                or channel_id != channel.id
+                or size != body_size
+                or size > _MAX_INBOUND_FRAME
+                or end >= size_total
+                or source[end] != FRAME_END
+            ):
+                return pos
+            content.body = source[header_end + 8 : end]
         content._raw_properties = source[pos + 19 : header_end]
-        content.body = source[header_end + 8 : body_end]
         channel.content = None
         events.append(content)
-        return body_end + 1
+        return end + 1
 
     def _closed(self) -> bool:
         # A method, so that mypy does not keep a narrowing of self.state across calls.

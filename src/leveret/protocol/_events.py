@@ -16,6 +16,7 @@ from leveret.protocol._codec import (
     EMPTY_PROPERTIES_BYTES,
     decode_properties,
     decode_rpc_fields,
+    rpc_fields_of,
 )
 
 __all__ = [
@@ -209,7 +210,7 @@ class _Content(Event):
         """(correlation_id, reply_to, has headers), without decoding all the properties."""
         props = self._properties
         if props is not None:
-            return props.correlation_id, props.reply_to, props.headers is not None
+            return rpc_fields_of(props)
         return decode_rpc_fields(self._raw_properties)
 
 
