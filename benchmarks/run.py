@@ -41,7 +41,10 @@ VARIANTS = [
     "leveret:defaults",
 ]
 BLOCKING = ["leveret:blocking_many", "leveret:blocking_threads"]
-CLIENTS = ["leveret", *VARIANTS, *PEERS, "raw_limit"]
+# The floor of threaded blocking publishing (benchmarks/threads_floor_bench.py): no library.
+THREADS_FLOOR = "threads_floor"
+FLOORS = [THREADS_FLOOR]
+CLIENTS = ["leveret", *VARIANTS, *PEERS, THREADS_FLOOR, "raw_limit"]
 WORKLOADS = ["publish_confirm", "consume_ack", "rpc_latency"]
 BENCH_PACKAGES = ["aio-pika", "aiormq", "pika", "matplotlib"]
 BENCH_IMPORTS = "import aio_pika, aiormq, pika, matplotlib"
@@ -231,7 +234,7 @@ def workload_table(
     lines = [head, "|---" * (head.count("|") - 1) + "|"]
     for client in clients:
         cell = cells.get((client, workload))
-        if cell is None or (client in VARIANTS and cell.get("skipped")):
+        if cell is None or (client in (*VARIANTS, *FLOORS) and cell.get("skipped")):
             continue
         name = f"**{client}**" if client == "leveret" else client
         why = _status(cell)
@@ -268,7 +271,7 @@ def headline(
     peers = [
         (cells[(c, workload)].get(key), c)
         for c in clients
-        if c not in ("leveret", RAW, *VARIANTS) and (c, workload) in cells
+        if c not in ("leveret", RAW, *VARIANTS, *FLOORS) and (c, workload) in cells
     ]
     peers = [(v, c) for v, c in peers if v is not None]
     if ours is None:
@@ -378,6 +381,15 @@ def targets(data: dict[str, Any]) -> list[str]:
         pika_rate,
         5,
     )
+    floor_rate = _value(cells, THREADS_FLOOR, pub, rate)
+    threads_rate = _value(cells, "leveret:blocking_threads", pub, rate)
+    if floor_rate and pika_rate:
+        shown = f"{floor_rate / pika_rate:.2f}x pika's"
+        if threads_rate:
+            shown += f"; leveret's 16 threads reach {threads_rate / floor_rate:.2f} of it"
+        rows.append(
+            _target("reference, no library: the same 16 threads over a raw socket", shown, None)
+        )
     memory = data.get("memory")
     if memory:
         rows.append(
@@ -518,6 +530,14 @@ def render(data: dict[str, Any], png: str | None) -> str:
         "  confirm is read instead of a loop turn later (no change), half a round's publishes",
         "  sent while the other half's threads are woken (more context switches, no gain).",
         "  `publish_many` (one thread, one wait for a whole batch) avoids the wakeups.",
+        "- `threads_floor` (`benchmarks/threads_floor_bench.py`) is that workload with no",
+        "  library: stdlib only, one blocking socket, frames encoded once, a reader thread",
+        "  waking the confirmed threads one at a time, each thread sending its own publish",
+        "  (the fastest of the designs above; `threads_floor:kick`, a writer thread sending",
+        "  each burst as leveret's I/O thread does, was 5-10% slower). It is the floor of",
+        "  threaded blocking publishing on this machine, as raw_limit is for the others, and",
+        "  it sets the threads target in context: where the floor itself stays under 5x",
+        "  pika's BlockingConnection, no client can reach it on the default scheduler.",
         "- `leveret:blocking_threads_batch` is the same 16 threads, each running its loop in",
         "  `leveret.blocking.batch_scheduling()`, an opt-in that puts the thread under Linux's",
         "  SCHED_BATCH policy for the block (see docs/blocking.md). Under the default policy",
