@@ -49,6 +49,7 @@ WORKLOADS = ["publish_confirm", "consume_ack", "rpc_latency"]
 BENCH_PACKAGES = ["aio-pika", "aiormq", "pika", "matplotlib"]
 BENCH_IMPORTS = "import aio_pika, aiormq, pika, matplotlib"
 RAW = "raw_limit"
+CPU, RATE = "cpu_us_per_msg", "msgs_per_s"  # per run; a cell has their _median, _min, _max
 DESCRIPTIONS = {
     "publish_confirm": "N publishes of 128 B to a fresh queue with publisher confirms, "
     "at most 1000 unconfirmed, until all are confirmed",
@@ -296,6 +297,22 @@ def _value(
     return cells.get((client, workload), {}).get(key)
 
 
+def _per_repetition(
+    data: dict[str, Any], top: str, bottom: str, workload: str, key: str
+) -> list[float]:
+    """`top / bottom` within each repetition in which both ran (minutes apart, not hours)."""
+    values = {
+        (run["client"], run["rep"]): run[key]
+        for run in data.get("runs", [])
+        if run.get("workload") == workload and run.get("ok") and run.get(key)
+    }
+    return sorted(
+        value / values[(bottom, rep)]
+        for (client, rep), value in values.items()
+        if client == top and (bottom, rep) in values
+    )
+
+
 def _target(what: str, shown: str, met: bool | None) -> str:
     verdict = "-" if met is None else "met" if met else "**not met**"
     return f"| {what} | {shown} | {verdict} |"
@@ -312,48 +329,46 @@ def targets(data: dict[str, Any]) -> list[str]:
         shown = "-" if value is None else f"{_num(value, 1)} {unit}"
         rows.append(_target(what, shown, None if value is None else value <= limit))
 
-    def ratio_at_least(what: str, top: float | None, bottom: float | None, floor: float) -> None:
+    def spread(top: str, bottom: str, workload: str, key: str) -> str:
+        ratios = _per_repetition(data, top, bottom, workload, key)
+        return f" ({ratios[0]:.2f}-{ratios[-1]:.2f}x)" if len(ratios) > 1 else ""
+
+    def ratio_at_least(
+        what: str,
+        clients: tuple[str, str],
+        workload: str,
+        key: str,
+        floor: float,
+    ) -> None:
+        top = _value(cells, clients[0], workload, f"{key}_median")
+        bottom = _value(cells, clients[1], workload, f"{key}_median")
         if top is None or not bottom:
             rows.append(_target(what, "-", None))
             return
-        rows.append(_target(what, f"{top / bottom:.2f}x", top / bottom >= floor))
+        shown = f"{top / bottom:.2f}x" + spread(*clients, workload, key)
+        rows.append(_target(what, shown, top / bottom >= floor))
 
     ours_pub = _value(cells, "leveret", pub, cpu)
     at_most("publish: client CPU per message at most 15 µs", ours_pub, 15, "µs")
     ratio_at_least(
-        "publish: CPU 2x better than pika_select",
-        _value(cells, "pika_select", pub, cpu),
-        ours_pub,
-        2,
+        "publish: CPU 2x better than pika_select", ("pika_select", "leveret"), pub, CPU, 2
     )
-    ratio_at_least(
-        "publish: CPU 20x better than aio_pika", _value(cells, "aio_pika", pub, cpu), ours_pub, 20
-    )
-    ratio_at_least(
-        "publish: throughput 80% of the raw floor",
-        _value(cells, "leveret", pub, rate),
-        _value(cells, RAW, pub, rate),
-        0.8,
-    )
+    ratio_at_least("publish: CPU 20x better than aio_pika", ("aio_pika", "leveret"), pub, CPU, 20)
+    ratio_at_least("publish: throughput 80% of the raw floor", ("leveret", RAW), pub, RATE, 0.8)
     at_most(
         "consume: client CPU per message at most 20 µs",
         _value(cells, "leveret", con, cpu),
         20,
         "µs",
     )
-    ratio_at_least(
-        "consume: throughput 70% of the raw floor",
-        _value(cells, "leveret", con, rate),
-        _value(cells, RAW, con, rate),
-        0.7,
-    )
+    ratio_at_least("consume: throughput 70% of the raw floor", ("leveret", RAW), con, RATE, 0.7)
     ours_rpc = _value(cells, "leveret", rpc, p50)
     raw_rpc = _value(cells, RAW, rpc, p50)
     if ours_rpc is not None and raw_rpc:
         rows.append(
             _target(
                 "RPC: p50 at most 1.1x the raw floor's",
-                f"{ours_rpc / raw_rpc:.2f}x",
+                f"{ours_rpc / raw_rpc:.2f}x" + spread("leveret", RAW, rpc, "p50_us"),
                 ours_rpc <= 1.1 * raw_rpc,
             )
         )
@@ -370,21 +385,19 @@ def targets(data: dict[str, Any]) -> list[str]:
     pika_rate = _value(cells, "pika", pub, rate)
     for variant, label in zip(BLOCKING, ("publish_many", "16 publishing threads"), strict=True):
         ratio_at_least(
-            f"blocking {label}: 5x pika's BlockingConnection",
-            _value(cells, variant, pub, rate),
-            pika_rate,
-            5,
+            f"blocking {label}: 5x pika's BlockingConnection", (variant, "pika"), pub, RATE, 5
         )
     ratio_at_least(
         "the same 16 threads, each in `batch_scheduling()` (opt-in): 5x pika's",
-        _value(cells, BATCH_THREADS, pub, rate),
-        pika_rate,
+        (BATCH_THREADS, "pika"),
+        pub,
+        RATE,
         5,
     )
     floor_rate = _value(cells, THREADS_FLOOR, pub, rate)
     threads_rate = _value(cells, "leveret:blocking_threads", pub, rate)
     if floor_rate and pika_rate:
-        shown = f"{floor_rate / pika_rate:.2f}x pika's"
+        shown = f"{floor_rate / pika_rate:.2f}x pika's" + spread(THREADS_FLOOR, "pika", pub, RATE)
         if threads_rate:
             shown += f"; leveret's 16 threads reach {threads_rate / floor_rate:.2f} of it"
         rows.append(
@@ -465,7 +478,16 @@ def render(data: dict[str, Any], png: str | None) -> str:
         if sentence:
             lines.append(f"- {sentence}")
     lines.append("")
-    lines += ["## Targets", "", *targets(data), ""]
+    lines += [
+        "## Targets",
+        "",
+        "A ratio is of the two clients' medians. In brackets: the lowest and the highest",
+        "ratio of the same two clients within one repetition (each repetition runs every",
+        "client once, one after another), to show how far a single run can swing.",
+        "",
+        *targets(data),
+        "",
+    ]
     if png:
         lines += [f"![throughput and CPU per message]({png})", ""]
     for workload in workloads:
