@@ -165,7 +165,7 @@ BLOCKING_THREADS = 16
 
 
 def blocking_publish(args: Any) -> dict[str, Any]:
-    import threading
+    from _threads import run_timed, shares
 
     import leveret.blocking
 
@@ -179,8 +179,6 @@ def blocking_publish(args: Any) -> dict[str, Any]:
             meter.stop()
             mode = "blocking conn.publish_many(generator of N bodies)"
         else:
-            share, extra = divmod(args.n, BLOCKING_THREADS)
-            counts = [share + (1 if i < extra else 0) for i in range(BLOCKING_THREADS)]
             done: list[int] = []
 
             batch = args.variant == "blocking_threads_batch"
@@ -191,13 +189,7 @@ def blocking_publish(args: Any) -> dict[str, Any]:
                         conn.publish(body, routing_key=args.queue)
                 done.append(count)
 
-            threads = [threading.Thread(target=publisher, args=(c,)) for c in counts]
-            meter.start()
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-            meter.stop()
+            run_timed(publisher, shares(args.n, BLOCKING_THREADS), meter)
             confirmed = sum(done)
             mode = f"{BLOCKING_THREADS} threads, each a loop of blocking conn.publish(), one connection"
             if batch:

@@ -29,8 +29,10 @@ import threading
 from collections import deque
 from typing import Any
 
-# run.py puts its anchors/ folder (with _common and raw_limit) on PYTHONPATH.
+# run.py puts its anchors/ folder (with _common and raw_limit) on PYTHONPATH; _threads is
+# beside this file.
 from _common import Meter, Skip, body_of, run_main, split_url  # type: ignore[import-not-found]
+from _threads import run_timed, shares
 from raw_limit import (  # type: ignore[import-not-found]
     longstr,
     method_frame,
@@ -237,13 +239,23 @@ class _Link:
             self.writer_due.acquire()
             with self.send_lock:
                 self.kicked = False
-                data = b"".join(self.outbox)
-                self.outbox.clear()
-            try:
-                self.sock.sendall(data)
-            except OSError as exc:
-                self._fail(str(exc))
+                data = self._take_outbox()
+            if not self._send(data):
                 return
+
+    def _take_outbox(self) -> bytes:
+        """Under send_lock: all the publishes queued, as one write."""
+        data = b"".join(self.outbox)
+        self.outbox.clear()
+        return data
+
+    def _send(self, data: bytes) -> bool:
+        try:
+            self.sock.sendall(data)
+        except OSError as exc:
+            self._fail(str(exc))
+            return False
+        return True
 
     def publish(self, frames: bytes) -> bool:
         """Send one publish and sleep until its confirm wakes this thread; False if nacked."""
@@ -267,12 +279,9 @@ class _Link:
                 if not self.outbox:
                     self.sending = False
                     break
-                data = b"".join(self.outbox)
-                self.outbox.clear()
-            try:
-                self.sock.sendall(data)
-            except OSError as exc:
-                self._fail(str(exc))
+                data = self._take_outbox()
+            if not self._send(data):
+                break  # the link failed: every waiting thread is woken with the error
         waiter.lock.acquire()
         if self.failed is None:
             self._wake_next()
@@ -290,8 +299,6 @@ def publish_confirm(args: Any) -> dict[str, Any]:
             _CHANNEL, "", args.queue, body_of(args.size), frame_max=link.frame_max
         )
         link.start()
-        share, extra = divmod(args.n, THREADS)
-        counts = [share + (1 if i < extra else 0) for i in range(THREADS)]
         confirmed: list[int] = []
         errors: list[BaseException] = []
 
@@ -304,14 +311,8 @@ def publish_confirm(args: Any) -> dict[str, Any]:
                 errors.append(exc)
             confirmed.append(ok)
 
-        threads = [threading.Thread(target=publisher, args=(c,)) for c in counts]
         meter = Meter()
-        meter.start()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        meter.stop()
+        run_timed(publisher, shares(args.n, THREADS), meter)
         if errors:
             raise errors[0]
         depth = link.declare(args.queue, passive=True)
