@@ -105,12 +105,14 @@ class _ReplySink(Consumer):
         # are, and replies to the calls in flight can never arrive. Fail them now (not at
         # their timeout), and do not have this sink restarted: the next call opens its own.
         super().link_lost()
+        error = self._connection._link_error
+        self._give_up(error if error is not None else ConnectionLost("the connection was lost"))
+
+    def _give_up(self, exc: BaseException) -> None:
+        """Stop for good (never restarted) and fail the calls waiting for replies with `exc`."""
         self._closed = True
         self._connection._forget_consumer(self)
-        error = self._connection._link_error
-        self._client.on_channel_failed(
-            error if error is not None else ConnectionLost("the connection was lost")
-        )
+        self._client.on_channel_failed(exc)
 
     def cancelled_by_server(self) -> None:
         # E.g. an operator deleted the reply queue: replies to the calls in flight have
@@ -118,9 +120,7 @@ class _ReplySink(Consumer):
         # channel and a reply queue of its own.
         connection = self._connection
         channel = self._channel
-        self._closed = True
-        connection._forget_consumer(self)
-        self._client.on_channel_failed(
+        self._give_up(
             LeveretError(f"the broker cancelled the RPC reply consumer on {self.queue!r}")
         )
         if channel is not None and channel.closed is None and connection._link_error is None:

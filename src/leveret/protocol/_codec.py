@@ -732,16 +732,6 @@ def decode_method(payload: bytes) -> PamqpMethod:
     return method
 
 
-def read_shortstr(payload: bytes, pos: int) -> tuple[str, int]:
-    """A short string at `pos`, and the position after it."""
-    if pos >= len(payload):
-        raise RemoteProtocolError("short string runs past the end of its frame", 502)
-    end = pos + 1 + payload[pos]
-    if end > len(payload):
-        raise RemoteProtocolError("short string runs past the end of its frame", 502)
-    return _decode_str(payload[pos + 1 : end]), end
-
-
 def decode_header_prefix(payload: bytes) -> tuple[int, int]:
     """(class id, body size) of a content header payload."""
     if len(payload) < 14:
